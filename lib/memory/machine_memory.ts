@@ -158,13 +158,25 @@ export class MachineMemory implements PhysicalMemory {
     else this.#frameForWrite(to)!.set(source);
   }
 
-  /** Makes frame `mfn` read as zeros again and releases its host storage. */
+  /**
+   * Makes frame `mfn` read as zeros again. Storage once given stays with the frame
+   * (see {@link hostFrame}), so this clears it in place.
+   */
   zeroFrame(mfn: Mfn): void {
     this.#checkMfn(mfn);
-    if (this.#frames[mfn] !== undefined) {
-      this.#frames[mfn] = undefined;
-      this.#materialized--;
-    }
+    this.#frames[mfn]?.fill(0);
+  }
+
+  /**
+   * The storage of frame `pfn` for direct word access (stable for the memory's life), or
+   * undefined when the frame is not installed, or not yet backed and `materialize` is
+   * false. Accesses through it are not counted in `mem.read` / `mem.write`.
+   */
+  hostFrame(pfn: number, materialize: boolean): Uint32Array | undefined {
+    if (!(pfn >= 0 && pfn < this.frameCount)) return undefined;
+    const f = this.#frames[pfn];
+    if (f !== undefined || !materialize) return f;
+    return this.#frameForWrite(pfn);
   }
 
   #checkMfn(mfn: number): void {

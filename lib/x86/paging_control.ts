@@ -124,6 +124,8 @@ export class PagingControl {
   #cpl: number;
   #pkru: number;
   #maxPhyAddr: number;
+  #paging = false;
+  #pcid = 0;
   /** Whether an l3e may map a 1 GiB page. */
   readonly has1GbPages: boolean;
   /**
@@ -166,6 +168,7 @@ export class PagingControl {
   }
   set cr3(value: number) {
     this.#cr3 = value;
+    this.#derive();
   }
   /** CR4 (low 32 bits). */
   get cr4(): number {
@@ -218,15 +221,22 @@ export class PagingControl {
 
   /** Whether paging is on (CR0.PG). */
   get isPaging(): boolean {
-    return (this.#cr0 & CR0_PG) !== 0;
+    return this.#paging;
   }
   /** The current PCID: CR3[11:0] when CR4.PCIDE=1, else 0. */
   get pcid(): number {
-    return (this.#cr4 & CR4_PCIDE) !== 0 ? this.#cr3 & 0xfff : 0;
+    return this.#pcid;
   }
   /** Physical address of the PML4 table: CR3 bits MAXPHYADDR-1..12. */
   get cr3TableAddress(): number {
     return this.#cr3 - (this.#cr3 & 0xfff);
+  }
+
+  // Derived values read on every access, kept as small integers and booleans so the hot
+  // path does not convert CR0 (bit 31 set: not a small integer) on each read.
+  #derive(): void {
+    this.#paging = (this.#cr0 & CR0_PG) !== 0;
+    this.#pcid = (this.#cr4 & CR4_PCIDE) !== 0 ? this.#cr3 & 0xfff : 0;
   }
 
   /**
@@ -260,6 +270,7 @@ export class PagingControl {
 
   // SDM Vol. 3A 4.6.1 (rights), 4.6.2 (protection keys); evaluated for every combination.
   #rebuild(): void {
+    this.#derive();
     const wp = (this.#cr0 & CR0_WP) !== 0;
     const smep = (this.#cr4 & CR4_SMEP) !== 0;
     const smap = (this.#cr4 & CR4_SMAP) !== 0;

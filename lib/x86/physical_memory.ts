@@ -26,4 +26,12 @@ export interface PhysicalMemory {
   write16(pa: number, value: number): void;
   /** Writes the 32-bit `value` at `pa`. */
   write32(pa: number, value: number): void;
+  /**
+   * The 1024 little-endian words of frame `pfn` for direct access, or undefined when
+   * accesses must go through the read and write methods (no memory there, a device, or a
+   * frame not yet backed and `materialize` false). The array must stay the frame's storage
+   * for the memory's whole life: the TLB caches it beside the translation, as KVM caches a
+   * host address, so a hit reads it with no further lookup.
+   */
+  hostFrame(pfn: number, materialize: boolean): Uint32Array | undefined;
 }

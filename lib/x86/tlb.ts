@@ -146,6 +146,12 @@ export class Tlb {
   readonly frame: Float64Array;
   /** Offset mask of the entry's page size (0xfff, 0x1fffff or 0x3fffffff). */
   readonly offsetMask: Int32Array;
+  /**
+   * Storage of the frame a 4 KiB entry maps, when memory lent it (see
+   * PhysicalMemory.hostFrame); undefined otherwise. Not architectural: it only saves
+   * the lookup of the frame on a hit.
+   */
+  readonly host: (Uint32Array | undefined)[];
   readonly #stamp: Float64Array;
   #clock = 0;
   readonly #counts: Float64Array;
@@ -179,6 +185,7 @@ export class Tlb {
     this.flags = new Int32Array(total);
     this.frame = new Float64Array(total);
     this.offsetMask = new Int32Array(total);
+    this.host = new Array<Uint32Array | undefined>(total).fill(undefined);
     this.#stamp = new Float64Array(total);
     this.#base = Int32Array.of(
       0,
@@ -197,26 +204,34 @@ export class Tlb {
    * miss. Returns the entry index, or -1.
    */
   lookup(va: number, pcid: number): number {
+    // 4 KiB array first: the common case, kept small so callers can inline it.
     const tag = this.tag;
-    const entryPcid = this.pcid;
-    // 4 KiB array first: the common case, inlined.
-    let vpn = Math.floor(va / PAGE_SIZE);
+    const vpn = Math.floor(va / PAGE_SIZE);
     let i = (vpn & this.#smallSetMask) * this.#smallWays;
-    let end = i + this.#smallWays;
+    const end = i + this.#smallWays;
     for (; i < end; i++) {
       if (tag[i] === vpn) {
-        const p = entryPcid[i];
-        if (p === pcid || p === GLOBAL_PCID) return this.#hit(i);
+        const p = this.pcid[i];
+        if (p === pcid || p === GLOBAL_PCID) {
+          this.#stamp[i] = ++this.#clock;
+          this.#counts[TLB_HIT]++;
+          return i;
+        }
       }
     }
+    return this.#lookupLarge(va, pcid);
+  }
+
+  #lookupLarge(va: number, pcid: number): number {
+    const tag = this.tag;
     for (let array = 1; array < 3; array++) {
-      vpn = Math.floor(va / (array === 1 ? PAGE_SIZE_2M : PAGE_SIZE_1G));
+      const vpn = Math.floor(va / (array === 1 ? PAGE_SIZE_2M : PAGE_SIZE_1G));
       const ways = this.#ways[array]!;
-      i = this.#base[array]! + (vpn & this.#setMask[array]!) * ways;
-      end = i + ways;
+      let i = this.#base[array]! + (vpn & this.#setMask[array]!) * ways;
+      const end = i + ways;
       for (; i < end; i++) {
         if (tag[i] === vpn) {
-          const p = entryPcid[i];
+          const p = this.pcid[i];
           if (p === pcid || p === GLOBAL_PCID) return this.#hit(i);
         }
       }
@@ -234,7 +249,7 @@ export class Tlb {
   /**
    * Installs a translation: page containing `va` for `pcid`, physical page base
    * `pageBase`, `pageSize` (4 KiB, 2 MiB or 1 GiB), entry flags (rights | pkey << 3 |
-   * TLB_DIRTY) and whether it is global. Replaces an entry for the same page, else an
+   * TLB_DIRTY), whether it is global, and the frame's host storage if any. Replaces an entry for the same page, else an
    * empty way, else the least recently used one. Returns the entry index.
    */
   fill(
@@ -244,6 +259,7 @@ export class Tlb {
     pageSize: number,
     flags: number,
     isGlobal: boolean,
+    host: Uint32Array | undefined = undefined,
   ): number {
     const array = pageSize === PAGE_SIZE ? 0 : pageSize === PAGE_SIZE_2M ? 1 : 2;
     const vpn = Math.floor(va / pageSize);
@@ -274,6 +290,7 @@ export class Tlb {
     this.flags[victim] = flags;
     this.frame[victim] = pageBase;
     this.offsetMask[victim] = pageSize - 1;
+    this.host[victim] = host;
     this.#stamp[victim] = ++this.#clock;
     this.#counts[TLB_FILL]++;
     return victim;

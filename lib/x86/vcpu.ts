@@ -9,7 +9,13 @@
  * @module
  */
 
-import { ACCESS_FETCH, ACCESS_READ, ACCESS_WRITE, type AccessKind } from "./access.ts";
+import {
+  ACCESS_FETCH,
+  ACCESS_IMPLICIT_WRITE,
+  ACCESS_READ,
+  ACCESS_WRITE,
+  type AccessKind,
+} from "./access.ts";
 import { LINEAR_LIMIT, PAGE_SIZE, UPPER_HALF_START } from "./address.ts";
 import { PageWalker, type WalkTrace } from "./page_walk.ts";
 import {
@@ -24,7 +30,14 @@ import {
 } from "./paging_control.ts";
 import type { PhysicalMemory } from "./physical_memory.ts";
 import { declareCounter, type Stats } from "./stats.ts";
-import { DEFAULT_TLB_CONFIG, Tlb, TLB_DIRTY, TLB_PKEY_SHIFT, type TlbConfig } from "./tlb.ts";
+import {
+  DEFAULT_TLB_CONFIG,
+  Tlb,
+  TLB_DIRTY,
+  TLB_PERMISSION_BITS,
+  TLB_PKEY_SHIFT,
+  type TlbConfig,
+} from "./tlb.ts";
 
 /** #GP: general protection (vector 13). */
 export const VECTOR_GP = 13;
@@ -124,6 +137,8 @@ export class Vcpu {
   tlbEnabled: boolean;
   readonly #counts: Float64Array;
   readonly #pa2 = new Float64Array(2);
+  // Host storage of the frame the last translate() resolved to, when the TLB had it.
+  #host: Uint32Array | undefined = undefined;
 
   /** A vCPU over `memory` with control state `ctl`, counting into `stats`. */
   constructor(memory: PhysicalMemory, ctl: PagingControl, stats: Stats, options: VcpuOptions = {}) {
@@ -147,35 +162,49 @@ export class Vcpu {
    */
   translate(va: number, kind: AccessKind): number {
     const ctl = this.ctl;
-    if (!ctl.isPaging) return va;
-    const pcid = ctl.pcid;
-    if (this.tlbEnabled) {
+    if (this.tlbEnabled && ctl.isPaging) {
       const tlb = this.tlb;
-      const i = tlb.lookup(va, pcid);
+      const i = tlb.lookup(va, ctl.pcid);
       if (i >= 0) {
         const flags = tlb.flags[i]!;
-        const denied = ctl.permissions[(kind << 7) | (flags & 0x7f)]!;
-        if (denied === 0) {
-          if ((kind !== ACCESS_WRITE && kind !== 4) || (flags & TLB_DIRTY) !== 0) {
-            return tlb.frame[i]! + (va & tlb.offsetMask[i]!);
-          }
-        } else {
-          return this.#pageFault(va, denied);
+        const denied = ctl.permissions[(kind << 7) | (flags & TLB_PERMISSION_BITS)]!;
+        if (
+          denied === 0 &&
+          ((flags & TLB_DIRTY) !== 0 || (kind !== ACCESS_WRITE && kind !== ACCESS_IMPLICIT_WRITE))
+        ) {
+          this.#host = tlb.host[i];
+          return tlb.frame[i]! + (va & tlb.offsetMask[i]!);
         }
+        if (denied !== 0) return this.#pageFault(va, denied);
       }
     }
+    return this.#translateSlow(va, kind);
+  }
+
+  // The miss path, kept apart so that translate() stays small enough to inline: paging
+  // off, TLB off, a miss, or a write through a clean entry (a walk sets D).
+  #translateSlow(va: number, kind: AccessKind): number {
+    const ctl = this.ctl;
+    this.#host = undefined;
+    if (!ctl.isPaging) return va;
     const walker = this.walker;
     const pa = walker.walk(ctl, va, kind, null);
     if (pa < 0) return this.#pageFault(va, walker.errorCode);
     if (this.tlbEnabled) {
+      const write = kind === ACCESS_WRITE || kind === ACCESS_IMPLICIT_WRITE;
+      const host = walker.pageSize === PAGE_SIZE
+        ? this.memory.hostFrame(Math.floor(walker.pageBase / PAGE_SIZE), write)
+        : undefined;
       this.tlb.fill(
         va,
-        pcid,
+        ctl.pcid,
         walker.pageBase,
         walker.pageSize,
         walker.rights | (walker.pkey << TLB_PKEY_SHIFT) | (walker.isDirty ? TLB_DIRTY : 0),
         walker.isGlobal,
+        host,
       );
+      this.#host = host;
     }
     return pa;
   }
@@ -189,13 +218,70 @@ export class Vcpu {
     return this.walker.walk(this.ctl, va, kind, trace);
   }
 
-  /** Reads 4 bytes at `va` into {@link data}; false on a fault. The fast path. */
+  /**
+   * Reads 4 bytes at `va` into {@link data}; false on a fault. The fast path: the TLB hit
+   * is handled here without a call, the rest goes through the same slow path as
+   * {@link translate}.
+   */
   read32(va: number): boolean {
     this.#counts[CPU_READ]++;
-    if ((va & 0xfff) > 0xffc) return this.#splitRead(va, 4, ACCESS_READ);
-    const pa = this.translate(va, ACCESS_READ);
+    const offset = va & 0xfff;
+    if (offset > 0xffc) return this.#splitRead(va, 4, ACCESS_READ);
+    const ctl = this.ctl;
+    if (this.tlbEnabled && ctl.isPaging) {
+      const tlb = this.tlb;
+      const i = tlb.lookup(va, ctl.pcid);
+      if (i >= 0) {
+        const denied = ctl.permissions[tlb.flags[i]! & TLB_PERMISSION_BITS]!; // ACCESS_READ
+        if (denied !== 0) {
+          this.#pageFault(va, denied);
+          return false;
+        }
+        const host = tlb.host[i];
+        this.data = host !== undefined && (offset & 3) === 0
+          ? host[offset >> 2]!
+          : this.memory.read32(tlb.frame[i]! + (va & tlb.offsetMask[i]!));
+        return true;
+      }
+    }
+    const pa = this.#translateSlow(va, ACCESS_READ);
     if (pa < 0) return false;
-    this.data = this.memory.read32(pa);
+    const host = this.#host;
+    this.data = host !== undefined && (offset & 3) === 0
+      ? host[offset >> 2]!
+      : this.memory.read32(pa);
+    return true;
+  }
+
+  /** Writes the 4-byte `value` at `va`; false on a fault. The fast path, as {@link read32}. */
+  write32(va: number, value: number): boolean {
+    this.#counts[CPU_WRITE]++;
+    const offset = va & 0xfff;
+    if (offset > 0xffc) return this.#splitWrite(va, 4, value, 0, ACCESS_WRITE);
+    const ctl = this.ctl;
+    if (this.tlbEnabled && ctl.isPaging) {
+      const tlb = this.tlb;
+      const i = tlb.lookup(va, ctl.pcid);
+      if (i >= 0) {
+        const flags = tlb.flags[i]!;
+        const denied = ctl.permissions[(ACCESS_WRITE << 7) | (flags & TLB_PERMISSION_BITS)]!;
+        if (denied !== 0) {
+          this.#pageFault(va, denied);
+          return false;
+        }
+        if ((flags & TLB_DIRTY) !== 0) {
+          const host = tlb.host[i];
+          if (host !== undefined && (offset & 3) === 0) host[offset >> 2] = value;
+          else this.memory.write32(tlb.frame[i]! + (va & tlb.offsetMask[i]!), value);
+          return true;
+        }
+      }
+    }
+    const pa = this.#translateSlow(va, ACCESS_WRITE);
+    if (pa < 0) return false;
+    const host = this.#host;
+    if (host !== undefined && (offset & 3) === 0) host[offset >> 2] = value;
+    else this.memory.write32(pa, value);
     return true;
   }
 
