@@ -183,6 +183,7 @@ export class PageWalker {
     const counts = this.#counts;
     const memory = this.#memory;
     counts[WALK_COUNT]++;
+    if (trace !== null) trace.cause = "none";
     const rsvdHigh = reservedHighMask(ctl.maxPhyAddr) |
       ((ctl.efer & EFER_NXE) === 0 ? PTE_HI_XD : 0);
     const nxe = (ctl.efer & EFER_NXE) !== 0;
@@ -238,12 +239,13 @@ export class PageWalker {
     const write = isWrite(kind);
     for (let l = 4; l >= level; l--) {
       const old = this.#entryLow[l]!;
-      const wanted = l === level && write ? old | PTE_ACCESSED | PTE_DIRTY : old | PTE_ACCESSED;
+      const wanted =
+        (l === level && write ? old | PTE_ACCESSED | PTE_DIRTY : old | PTE_ACCESSED) >>> 0;
       if (wanted !== old) {
         memory.write32(this.#entryAddress[l]!, wanted);
         counts[WALK_AD_WRITE]++;
-        if (l === level) lo = wanted >>> 0;
-        if (trace !== null) trace.entryLowAfter[l] = wanted >>> 0;
+        if (l === level) lo = wanted;
+        if (trace !== null) trace.entryLowAfter[l] = wanted;
       }
     }
     counts[WALK_REFS] += refs;
