@@ -96,10 +96,14 @@ export class MachineMemory implements PhysicalMemory {
     const mfn = Math.floor(pa / 4096);
     const offset = pa & 0xfff;
     if ((offset & 3) === 0) {
-      if (mfn >= this.frameCount || mfn < 0) return this.#unbacked(0xffffffff);
+      if (mfn >= this.frameCount || mfn < 0) {
+        this.#counts[MEM_UNBACKED]++;
+        return 0xffffffff;
+      }
       const f = this.#frames[mfn];
       return f === undefined ? 0 : f[offset >> 2]!;
     }
+    this.#countUnbacked(pa, 4);
     return (this.#byte(pa) | (this.#byte(pa + 1) << 8) | (this.#byte(pa + 2) << 16) |
       (this.#byte(pa + 3) << 24)) >>> 0;
   }
@@ -107,18 +111,21 @@ export class MachineMemory implements PhysicalMemory {
   /** Reads the 16-bit value at `pa`. */
   read16(pa: number): number {
     this.#counts[MEM_READ]++;
+    this.#countUnbacked(pa, 2);
     return this.#byte(pa) | (this.#byte(pa + 1) << 8);
   }
 
   /** Reads the byte at `pa`. */
   read8(pa: number): number {
     this.#counts[MEM_READ]++;
+    this.#countUnbacked(pa, 1);
     return this.#byte(pa);
   }
 
   /** Writes the 32-bit `value` at `pa`. */
   write32(pa: number, value: number): void {
     this.#counts[MEM_WRITE]++;
+    this.#countUnbacked(pa, 4);
     const offset = pa & 0xfff;
     if ((offset & 3) === 0) {
       const f = this.#frameForWrite(Math.floor(pa / 4096));
@@ -131,6 +138,7 @@ export class MachineMemory implements PhysicalMemory {
   /** Writes the low 16 bits of `value` at `pa`. */
   write16(pa: number, value: number): void {
     this.#counts[MEM_WRITE]++;
+    this.#countUnbacked(pa, 2);
     this.#setByte(pa, value);
     this.#setByte(pa + 1, value >>> 8);
   }
@@ -138,6 +146,7 @@ export class MachineMemory implements PhysicalMemory {
   /** Writes the low 8 bits of `value` at `pa`. */
   write8(pa: number, value: number): void {
     this.#counts[MEM_WRITE]++;
+    this.#countUnbacked(pa, 1);
     this.#setByte(pa, value);
   }
 
@@ -173,7 +182,7 @@ export class MachineMemory implements PhysicalMemory {
    * false. Accesses through it are not counted in `mem.read` / `mem.write`.
    */
   hostFrame(pfn: number, materialize: boolean): Uint32Array | undefined {
-    if (!(pfn >= 0 && pfn < this.frameCount)) return undefined;
+    if (!Number.isInteger(pfn) || pfn < 0 || pfn >= this.frameCount) return undefined;
     const f = this.#frames[pfn];
     if (f !== undefined || !materialize) return f;
     return this.#frameForWrite(pfn);
@@ -185,14 +194,16 @@ export class MachineMemory implements PhysicalMemory {
     }
   }
 
-  #unbacked(value: number): number {
-    this.#counts[MEM_UNBACKED]++;
-    return value;
+  // One count per access that touches any byte past installed memory.
+  #countUnbacked(pa: number, size: number): void {
+    if (pa < 0 || Math.floor((pa + size - 1) / 4096) >= this.frameCount) {
+      this.#counts[MEM_UNBACKED]++;
+    }
   }
 
   #byte(pa: number): number {
     const mfn = Math.floor(pa / 4096);
-    if (mfn >= this.frameCount || mfn < 0) return this.#unbacked(0xff);
+    if (mfn >= this.frameCount || mfn < 0) return 0xff;
     const f = this.#frames[mfn];
     if (f === undefined) return 0;
     const offset = pa & 0xfff;
@@ -209,10 +220,7 @@ export class MachineMemory implements PhysicalMemory {
   }
 
   #frameForWrite(mfn: number): Uint32Array | undefined {
-    if (mfn >= this.frameCount || mfn < 0) {
-      this.#counts[MEM_UNBACKED]++;
-      return undefined;
-    }
+    if (mfn >= this.frameCount || mfn < 0) return undefined;
     let f = this.#frames[mfn];
     if (f === undefined) {
       f = new Uint32Array(1024);

@@ -268,10 +268,12 @@ export class Tlb {
     const tagPcid = isGlobal ? GLOBAL_PCID : pcid;
     let victim = -1;
     let oldest = Infinity;
+    let isSamePage = false;
     for (let i = first; i < first + ways; i++) {
       const t = this.tag[i]!;
       if (t === vpn && (this.pcid[i] === tagPcid || this.pcid[i] === GLOBAL_PCID || isGlobal)) {
         victim = i; // same page: replace in place
+        isSamePage = true;
         break;
       }
       if (t === INVALID_TAG) {
@@ -284,7 +286,7 @@ export class Tlb {
         oldest = this.#stamp[i]!;
       }
     }
-    if (this.tag[victim] !== INVALID_TAG && this.tag[victim] !== vpn) this.#counts[TLB_EVICT]++;
+    if (!isSamePage && this.tag[victim] !== INVALID_TAG) this.#counts[TLB_EVICT]++;
     this.tag[victim] = vpn;
     this.pcid[victim] = tagPcid;
     this.flags[victim] = flags;

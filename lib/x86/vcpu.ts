@@ -139,6 +139,10 @@ export class Vcpu {
   readonly #pa2 = new Float64Array(2);
   // Host storage of the frame the last translate() resolved to, when the TLB had it.
   #host: Uint32Array | undefined = undefined;
+  // The TLB entry the last walk filled and its frame, when memory had no storage to lend
+  // yet: after the first write backs the frame, the entry adopts it.
+  #fillIndex = -1;
+  #fillPfn = -1;
 
   /** A vCPU over `memory` with control state `ctl`, counting into `stats`. */
   constructor(memory: PhysicalMemory, ctl: PagingControl, stats: Stats, options: VcpuOptions = {}) {
@@ -173,6 +177,7 @@ export class Vcpu {
           ((flags & TLB_DIRTY) !== 0 || (kind !== ACCESS_WRITE && kind !== ACCESS_IMPLICIT_WRITE))
         ) {
           this.#host = tlb.host[i];
+          this.#fillPfn = -1;
           return tlb.frame[i]! + (va & tlb.offsetMask[i]!);
         }
         if (denied !== 0) return this.#pageFault(va, denied);
@@ -186,16 +191,18 @@ export class Vcpu {
   #translateSlow(va: number, kind: AccessKind): number {
     const ctl = this.ctl;
     this.#host = undefined;
+    this.#fillPfn = -1;
     if (!ctl.isPaging) return va;
     const walker = this.walker;
     const pa = walker.walk(ctl, va, kind, null);
     if (pa < 0) return this.#pageFault(va, walker.errorCode);
     if (this.tlbEnabled) {
-      const write = kind === ACCESS_WRITE || kind === ACCESS_IMPLICIT_WRITE;
-      const host = walker.pageSize === PAGE_SIZE
-        ? this.memory.hostFrame(Math.floor(walker.pageBase / PAGE_SIZE), write)
-        : undefined;
-      this.tlb.fill(
+      // Lend the frame's storage only if it exists: a write that then faults on its
+      // second page must not have backed the first (memory is backed on first write).
+      const pfn = walker.pageSize === PAGE_SIZE ? Math.floor(walker.pageBase / PAGE_SIZE) : -1;
+      const host = pfn >= 0 ? this.memory.hostFrame(pfn, false) : undefined;
+      this.#fillPfn = host === undefined ? pfn : -1;
+      this.#fillIndex = this.tlb.fill(
         va,
         ctl.pcid,
         walker.pageBase,
@@ -281,8 +288,18 @@ export class Vcpu {
     if (pa < 0) return false;
     const host = this.#host;
     if (host !== undefined && (offset & 3) === 0) host[offset >> 2] = value;
-    else this.memory.write32(pa, value);
+    else {
+      this.memory.write32(pa, value);
+      this.#adoptHostFrame();
+    }
     return true;
+  }
+
+  #adoptHostFrame(): void {
+    if (this.#fillPfn >= 0) {
+      this.tlb.host[this.#fillIndex] = this.memory.hostFrame(this.#fillPfn, false);
+      this.#fillPfn = -1;
+    }
   }
 
   /**
@@ -325,6 +342,7 @@ export class Vcpu {
       memory.write32(pa + 4, hi);
     } else if (size === 1) memory.write8(pa, lo);
     else memory.write16(pa, lo);
+    this.#adoptHostFrame();
     return true;
   }
 
