@@ -2,8 +2,9 @@
  * Test utility: builds IA-32e (4-level) page tables in a {@link MachineMemory}, one
  * mapping at a time, and pokes single entries so tests can break them on purpose.
  *
- * Tables are taken from consecutive frames after the root; mapped pages are wherever the
- * test says (they need not be installed memory: the walker never reads them).
+ * Tables are taken from consecutive frames after the root (below an optional limit);
+ * mapped pages are wherever the test says (they need not be installed memory: the walker
+ * never reads them).
  */
 
 import type { MachineMemory } from "../../lib/memory/machine_memory.ts";
@@ -36,6 +37,11 @@ export interface MapOptions {
   xdLevels?: readonly number[];
   /** Protection key of the leaf (bits 62..59). */
   pkey?: number;
+  /**
+   * Leave present table entries on the path as they are (flags, A bits, poked bits), only
+   * making the missing ones; by default every entry on the path is rewritten.
+   */
+  keepTables?: boolean;
 }
 
 /** Where a mapping's entries are. */
@@ -46,15 +52,28 @@ export interface Mapping {
   entryAddress: number[];
 }
 
-/** Page tables under construction in `memory`, rooted at `root` (the CR3 value). */
+/** The level of the leaf mapping a page of `pageSize`: 1 (4 KiB), 2 (2 MiB) or 3 (1 GiB). */
+export function leafLevelOf(pageSize: number): number {
+  if (pageSize === PAGE_SIZE) return 1;
+  if (pageSize === PAGE_SIZE_2M) return 2;
+  if (pageSize === PAGE_SIZE_1G) return 3;
+  throw new RangeError(`Cannot map a page of ${pageSize} bytes`);
+}
+
+/**
+ * Page tables under construction in `memory`, rooted at `root` (the CR3 value), with
+ * every table frame below `tableLimit`.
+ */
 export class PageTables {
   readonly memory: MachineMemory;
   readonly root: number;
+  readonly tableLimit: number;
   #nextTable: number;
 
-  constructor(memory: MachineMemory, root = 0x1000) {
+  constructor(memory: MachineMemory, root = 0x1000, tableLimit = Infinity) {
     this.memory = memory;
     this.root = root;
+    this.tableLimit = tableLimit;
     this.#nextTable = root + PAGE_SIZE;
   }
 
@@ -72,10 +91,7 @@ export class PageTables {
    */
   map(va: number, pa: number, options: MapOptions = {}): Mapping {
     const pageSize = options.pageSize ?? PAGE_SIZE;
-    const leafLevel = pageSize === PAGE_SIZE ? 1 : pageSize === PAGE_SIZE_2M ? 2 : 3;
-    if (pageSize !== PAGE_SIZE && pageSize !== PAGE_SIZE_2M && pageSize !== PAGE_SIZE_1G) {
-      throw new RangeError(`Cannot map a page of ${pageSize} bytes`);
-    }
+    const leafLevel = leafLevelOf(pageSize);
     if (va % pageSize !== 0 || pa % pageSize !== 0) {
       throw new RangeError(`Cannot map va 0x${va.toString(16)} to 0x${pa.toString(16)}: unaligned`);
     }
@@ -85,15 +101,12 @@ export class PageTables {
     for (let level = 4; level > leafLevel; level--) {
       const entry = table + levelIndex(va, level) * 8;
       entryAddress[level] = entry;
-      const [lo, hi] = this.read(entry);
-      let next: number;
-      if ((lo & PTE_PRESENT) !== 0 && (lo & PTE_PAGE_SIZE) === 0) next = pteAddress(lo, hi);
-      else {
-        next = this.#nextTable;
-        this.#nextTable += PAGE_SIZE;
+      const existing = this.#tableUnder(entry, level);
+      const next = existing >= 0 ? existing : this.#newTable();
+      if (existing < 0 || !options.keepTables) {
+        const flags = options.levelFlags?.[level] ?? options.tableFlags ?? ALL_RIGHTS;
+        this.write(entry, pteLow(next, flags), pteHigh(next, xd(level)));
       }
-      const flags = options.levelFlags?.[level] ?? options.tableFlags ?? ALL_RIGHTS;
-      this.write(entry, pteLow(next, flags), pteHigh(next, xd(level)));
       table = next;
     }
     const leaf = table + levelIndex(va, leafLevel) * 8;
@@ -102,6 +115,57 @@ export class PageTables {
       (leafLevel > 1 ? PTE_PAGE_SIZE : 0);
     this.write(leaf, pteLow(pa, flags), pteHigh(pa, xd(leafLevel), options.pkey ?? 0));
     return { leafLevel, entryAddress };
+  }
+
+  /** Clears the leaf entry that maps `va` (whatever its level); no-op if none. */
+  unmap(va: number): void {
+    const leaf = this.leafAddress(va);
+    if (leaf >= 0) this.write(leaf, 0, 0);
+  }
+
+  /**
+   * Physical address of the entry at `level` (4..1) used to translate `va`, or -1 when a
+   * table above it is missing or a large page ends the walk first.
+   */
+  entryAddress(va: number, level: number): number {
+    let table = this.root;
+    for (let l = 4; l > level && table >= 0; l--) {
+      table = this.#tableUnder(table + levelIndex(va, l) * 8, l);
+    }
+    return table < 0 ? -1 : table + levelIndex(va, level) * 8;
+  }
+
+  /** Physical address of the present leaf entry mapping `va`, or -1 when unmapped. */
+  leafAddress(va: number): number {
+    let table = this.root;
+    for (let level = 4;; level--) {
+      const entry = table + levelIndex(va, level) * 8;
+      const next = level > 1 ? this.#tableUnder(entry, level) : -1;
+      if (next < 0) return (this.memory.read32(entry) & PTE_PRESENT) !== 0 ? entry : -1;
+      table = next;
+    }
+  }
+
+  /**
+   * The table the entry at `entry` (at `level`) points to, or -1 when it is not present or
+   * maps a large page (PS in an l4e is a reserved bit, not a page size: ignored here).
+   */
+  #tableUnder(entry: number, level: number): number {
+    const [lo, hi] = this.read(entry);
+    if ((lo & PTE_PRESENT) === 0 || (level < 4 && (lo & PTE_PAGE_SIZE) !== 0)) return -1;
+    return pteAddress(lo, hi);
+  }
+
+  /** Takes the next table frame. */
+  #newTable(): number {
+    if (this.#nextTable >= this.tableLimit) {
+      throw new RangeError(
+        `Cannot map: no table frame left below 0x${this.tableLimit.toString(16)}`,
+      );
+    }
+    const table = this.#nextTable;
+    this.#nextTable += PAGE_SIZE;
+    return table;
   }
 
   /** The two words of the entry at `entry`: [low, high]. */

@@ -7,21 +7,14 @@
  * Table frames live below {@link TABLE_LIMIT}; tests put data pages above it.
  */
 
-import { PAGE_SIZE, PAGE_SIZE_1G, PAGE_SIZE_2M } from "../../lib/x86/address.ts";
+import { PAGE_SIZE } from "../../lib/x86/address.ts";
 import { PagingControl, type PagingControlInit } from "../../lib/x86/paging_control.ts";
-import {
-  PTE_PAGE_SIZE,
-  PTE_PRESENT,
-  PTE_USER,
-  PTE_WRITABLE,
-  pteAddress,
-  pteHigh,
-  pteLow,
-} from "../../lib/x86/pte.ts";
+import { PTE_PRESENT, PTE_USER, PTE_WRITABLE } from "../../lib/x86/pte.ts";
 import { Stats } from "../../lib/x86/stats.ts";
 import type { TlbConfig } from "../../lib/x86/tlb.ts";
 import { Vcpu } from "../../lib/x86/vcpu.ts";
 import { MachineMemory } from "../../lib/memory/machine_memory.ts";
+import { leafLevelOf, PageTables } from "./_page_tables.ts";
 
 /** Physical address of the PML4 (CR3's table address). */
 export const PML4_ADDRESS = 0x1000;
@@ -81,64 +74,22 @@ export function buildVcpuFixture(options: VcpuFixtureOptions = {}): VcpuFixture 
   if (options.tlb !== undefined) vcpuOptions.tlb = options.tlb;
   if (options.tlbEnabled !== undefined) vcpuOptions.tlbEnabled = options.tlbEnabled;
   const cpu = new Vcpu(memory, ctl, stats, vcpuOptions);
-  let nextTable = PML4_ADDRESS + PAGE_SIZE;
-
-  const indexAt = (va: number, level: number) => Math.floor(va / 2 ** (3 + 9 * level)) % 512;
-  const isPresent = (entry: number) => (memory.read32(entry) & PTE_PRESENT) !== 0;
-  const targetOf = (entry: number) => pteAddress(memory.read32(entry), memory.read32(entry + 4));
-  const isLarge = (entry: number) => (memory.read32(entry) & PTE_PAGE_SIZE) !== 0;
-
-  const entryAddress = (va: number, level: number): number => {
-    let table = PML4_ADDRESS;
-    for (let l = 4; l > level; l--) {
-      const entry = table + indexAt(va, l) * 8;
-      if (!isPresent(entry) || (l < 4 && isLarge(entry))) return -1;
-      table = targetOf(entry);
-    }
-    return table + indexAt(va, level) * 8;
-  };
+  const tables = new PageTables(memory, PML4_ADDRESS, TABLE_LIMIT);
 
   const map = (va: number, pa: number, flags: number, size = PAGE_SIZE, high: LeafHigh = {}) => {
-    const leafLevel = size === PAGE_SIZE ? 1 : size === PAGE_SIZE_2M ? 2 : 3;
-    if (size !== PAGE_SIZE && size !== PAGE_SIZE_2M && size !== PAGE_SIZE_1G) {
-      throw new RangeError(`Cannot map a page of ${size} bytes`);
-    }
-    if (pa % size !== 0) throw new RangeError(`Cannot map pa 0x${pa.toString(16)}: unaligned`);
-    let table = PML4_ADDRESS;
-    for (let l = 4; l > leafLevel; l--) {
-      const entry = table + indexAt(va, l) * 8;
-      if (!isPresent(entry) || (l < 4 && isLarge(entry))) {
-        if (nextTable >= TABLE_LIMIT) throw new RangeError("Cannot map: fixture out of tables");
-        const fresh = nextTable;
-        nextTable += PAGE_SIZE;
-        memory.write32(entry, pteLow(fresh, TABLE_FLAGS));
-        memory.write32(entry + 4, pteHigh(fresh));
-      }
-      table = targetOf(entry);
-    }
-    const leaf = table + indexAt(va, leafLevel) * 8;
-    const ps = leafLevel === 1 ? 0 : PTE_PAGE_SIZE;
-    memory.write32(leaf, pteLow(pa, flags | ps));
-    memory.write32(leaf + 4, pteHigh(pa, high.xd ?? false, high.pkey ?? 0));
+    const xdLevels = high.xd === true ? [leafLevelOf(size)] : [];
+    const options = { pageSize: size, flags, tableFlags: TABLE_FLAGS, keepTables: true };
+    tables.map(va - va % size, pa, { ...options, xdLevels, pkey: high.pkey ?? 0 });
   };
 
-  const leafAddress = (va: number): number => {
-    let table = PML4_ADDRESS;
-    for (let l = 4; l >= 1; l--) {
-      const entry = table + indexAt(va, l) * 8;
-      if (!isPresent(entry)) return -1;
-      if (l === 1 || (l < 4 && isLarge(entry))) return entry;
-      table = targetOf(entry);
-    }
-    return -1;
+  return {
+    memory,
+    ctl,
+    cpu,
+    stats,
+    map,
+    unmap: (va) => tables.unmap(va),
+    entryAddress: (va, level) => tables.entryAddress(va, level),
+    leafAddress: (va) => tables.leafAddress(va),
   };
-
-  const unmap = (va: number) => {
-    const leaf = leafAddress(va);
-    if (leaf < 0) return;
-    memory.write32(leaf, 0);
-    memory.write32(leaf + 4, 0);
-  };
-
-  return { memory, ctl, cpu, stats, map, unmap, entryAddress, leafAddress };
 }
