@@ -65,6 +65,11 @@ Deno.bench("tlb-hit read", { group: "access" }, () => {
   if (sum === -1) throw new Error("unreachable");
 });
 
+for (let i = 0; i < N; i++) cpu.write32(offsets[i]!, i); // fill the TLB with dirty entries
+Deno.bench("tlb-hit write", { group: "access" }, () => {
+  for (let i = 0; i < N; i++) cpu.write32(offsets[i]!, i);
+});
+
 const raw = new Uint32Array(PAGES * 1024);
 Deno.bench("baseline typed-array load", { group: "access", baseline: true }, () => {
   let sum = 0;
