@@ -128,11 +128,16 @@ export class PagingControl {
   #pcid = 0;
   /** Whether an l3e may map a 1 GiB page. */
   readonly has1GbPages: boolean;
+  // One table for CPL 0..2 and one for CPL 3, both rebuilt on a register change, so that
+  // a privilege change (every user/kernel transition) only selects a table.
+  readonly #supervisorTable: Int32Array = new Int32Array(ACCESS_KINDS * 128);
+  readonly #userTable: Int32Array = new Int32Array(ACCESS_KINDS * 128);
   /**
    * #PF error code of the protection violation for each {@link permissionIndex}, or 0
-   * when the access is allowed. Rebuilt on every register change.
+   * when the access is allowed, at the current CPL. Rebuilt on every register change;
+   * a CPL change selects the table for the new privilege level.
    */
-  readonly permissions: Int32Array = new Int32Array(ACCESS_KINDS * 128);
+  permissions: Int32Array = this.#supervisorTable;
 
   /** Control state from `init`; throws a RangeError for a MAXPHYADDR or CPL out of range. */
   constructor(init: PagingControlInit = {}) {
@@ -204,7 +209,7 @@ export class PagingControl {
       throw new RangeError(`Cannot set CPL ${value}: must be 0..3`);
     }
     this.#cpl = value;
-    this.#rebuild();
+    this.permissions = value === 3 ? this.#userTable : this.#supervisorTable;
   }
   /** PKRU. */
   get pkru(): number {
@@ -257,9 +262,13 @@ export class PagingControl {
    * SMEP or NXE is on, SDM 4.7).
    */
   accessErrorBits(kind: AccessKind): number {
+    return this.#accessErrorBits(kind, this.#cpl === 3);
+  }
+
+  #accessErrorBits(kind: AccessKind, cpl3: boolean): number {
     let bits = 0;
     if (isWrite(kind)) bits |= PFEC_WRITE;
-    if (this.isUserAccess(kind)) bits |= PFEC_USER;
+    if (cpl3 && !isImplicit(kind)) bits |= PFEC_USER;
     if (
       isFetch(kind) &&
       ((this.#cr4 & CR4_SMEP) !== 0 ||
@@ -277,12 +286,28 @@ export class PagingControl {
     const pke = (this.#cr4 & CR4_PKE) !== 0 && (this.#efer & EFER_LMA) !== 0;
     const nxe = (this.#efer & EFER_NXE) !== 0;
     const ac = (this.#rflags & RFLAGS_AC) !== 0;
+    this.#fill(this.#supervisorTable, false, wp, smep, smap, pke, nxe, ac);
+    this.#fill(this.#userTable, true, wp, smep, smap, pke, nxe, ac);
+    this.permissions = this.#cpl === 3 ? this.#userTable : this.#supervisorTable;
+  }
+
+  // Fills the table of one privilege level (cpl3: CPL 3, else CPL 0..2).
+  #fill(
+    table: Int32Array,
+    cpl3: boolean,
+    wp: boolean,
+    smep: boolean,
+    smap: boolean,
+    pke: boolean,
+    nxe: boolean,
+    ac: boolean,
+  ): void {
     for (let kind = 0 as AccessKind; kind < ACCESS_KINDS; kind++) {
       const write = isWrite(kind);
       const fetch = isFetch(kind);
       const implicit = isImplicit(kind);
-      const user = this.isUserAccess(kind);
-      const base = PFEC_PRESENT | this.accessErrorBits(kind);
+      const user = cpl3 && !implicit;
+      const base = PFEC_PRESENT | this.#accessErrorBits(kind, cpl3);
       for (let rights = 0; rights < 8; rights++) {
         const writable = (rights & RIGHTS_WRITABLE) !== 0;
         const userPage = (rights & RIGHTS_USER) !== 0;
@@ -303,7 +328,7 @@ export class PagingControl {
             const writeDisable = ((this.#pkru >>> (2 * pkey + 1)) & 1) !== 0;
             pkDenied = accessDisable || (writeDisable && write && (user || wp));
           }
-          this.permissions[permissionIndex(kind, pkey, rights)] = denied || pkDenied
+          table[permissionIndex(kind, pkey, rights)] = denied || pkDenied
             ? base | (pkDenied ? PFEC_PK : 0)
             : 0;
         }

@@ -568,3 +568,12 @@ Deno.test("PagingControl throws a RangeError for MAXPHYADDR or CPL out of range"
     assert.equal(new PagingControl({ maxPhyAddr }).maxPhyAddr, maxPhyAddr);
   }
 });
+
+Deno.test("PagingControl: a CPL change selects a table equal to one built at that CPL", () => {
+  const init = { cr4: CR4_PAE | CR4_PGE | CR4_SMEP | CR4_SMAP | CR4_PKE, pkru: 0x1c };
+  for (const [from, to] of [[0, 3], [3, 0], [1, 3], [3, 2]]) {
+    const ctl = new PagingControl({ ...init, cpl: from });
+    ctl.cpl = to!;
+    assert.deepEqual(ctl.permissions, new PagingControl({ ...init, cpl: to }).permissions);
+  }
+});
