@@ -1,0 +1,111 @@
+/**
+ * What every platform offers the guest kernel: the hardware it runs on (a vCPU and its
+ * instruction interpreter), a way to load guest-physical memory before the guest starts
+ * (the domain builder's job), DMA for the guest's disk, and the two ways guest work
+ * reaches the processor: a data access at user or kernel privilege, and the execution of
+ * kernel text. A platform decides what happens on a fault, a CR3 write or an INVLPG.
+ *
+ * The guest reaches the platform only through this interface and the trap handlers it
+ * registers (its IDT): the platform calls up into the guest through those callbacks,
+ * never by import.
+ *
+ * @module
+ */
+
+import type { AccessKind } from "../x86/access.ts";
+import type { Interpreter } from "../x86/interpreter.ts";
+import type { Stats } from "../x86/stats.ts";
+import type { Vcpu } from "../x86/vcpu.ts";
+
+/** The ways the lab runs the same guest. */
+export type PlatformName = "native" | "pv" | "hvm-shadow" | "hvm-hap";
+
+/** Every platform name, in the order reports show them. */
+export const PLATFORM_NAMES: readonly PlatformName[] = ["native", "pv", "hvm-shadow", "hvm-hap"];
+
+/** A trap handler's answer: the faulting access or instruction is retried. */
+export const TRAP_RETRY = 0;
+/**
+ * A trap handler's answer: the access is not retried, because the handler ended the
+ * guest work that made it (the guest kernel killed the process).
+ */
+export const TRAP_ABANDON = 1;
+
+/**
+ * A guest's exception handler (an IDT entry). Called at CPL 0 with the exception's
+ * vector, error code, CR2 (a 48-bit linear value; meaningful for #PF) and whether it was
+ * raised at CPL 3. Returns {@link TRAP_RETRY} or {@link TRAP_ABANDON}.
+ */
+export type TrapHandler = (
+  vector: number,
+  errorCode: number,
+  cr2: number,
+  fromUser: boolean,
+) => number;
+
+/** Outcome of {@link Platform.access} and {@link Platform.execute}: the work completed. */
+export const RUN_DONE = 0;
+/** Outcome: a trap handler abandoned the work ({@link TRAP_ABANDON}). */
+export const RUN_ABANDONED = 1;
+/** Outcome: the domain crashed; {@link Platform.crashReason} says why. Nothing runs after. */
+export const RUN_CRASHED = 2;
+
+/**
+ * A machine that runs one guest. Implementations: `NativePlatform` (this issue), and the
+ * virtualized platforms that build on the same vCPU.
+ */
+export interface Platform {
+  /** Which platform this is. */
+  readonly name: PlatformName;
+  /** The run's counters. */
+  readonly stats: Stats;
+  /** The processor the guest's accesses run on (for hvm-shadow, with the shadow's CR3). */
+  readonly cpu: Vcpu;
+  /** The interpreter that executes the guest's kernel text on {@link cpu}. */
+  readonly interpreter: Interpreter;
+  /** Guest-physical memory size, in 4 KiB frames. */
+  readonly guestFrames: number;
+  /** Why the domain crashed; empty while it runs. */
+  readonly crashReason: string;
+
+  /**
+   * Stores `value` at guest-physical address `gpa` before the guest starts (the domain
+   * builder / boot loader writing the initial image). Throws a RangeError outside
+   * guest memory or after {@link start}.
+   */
+  loadGuestPhysical32(gpa: number, value: number): void;
+  /** Reads 4 bytes of guest-physical memory, bypassing the processor (for inspection). */
+  peekGuestPhysical32(gpa: number): number;
+  /** Copies guest frame `gfn` into `into` (1024 words): a device reading memory by DMA. */
+  dmaRead(gfn: number, into: Uint32Array): void;
+  /** Copies `from` (1024 words) into guest frame `gfn`: a device writing by DMA. */
+  dmaWrite(gfn: number, from: Uint32Array): void;
+  /**
+   * Enters 64-bit paging with the top-level table at guest-physical `l4Gpa` and CR4 bits
+   * `cr4` (PAE is forced on). Throws a RangeError if the processor refuses the state.
+   */
+  start(l4Gpa: number, cr4: number): void;
+  /** Installs the guest's handler for `vector` (0..31). */
+  setTrapHandler(vector: number, handler: TrapHandler): void;
+  /**
+   * One guest data access of `size` bytes at linear `va`, at CPL 3 (`user`) or 0. Writes
+   * store (`hi`:`lo`); reads leave the value in `cpu.data` / `cpu.dataHi`. Exceptions go to
+   * the guest's handlers, then the access is retried. Returns a `RUN_*` outcome.
+   */
+  access(
+    va: number,
+    size: 1 | 2 | 4 | 8,
+    kind: AccessKind,
+    lo: number,
+    hi: number,
+    user: boolean,
+  ): number;
+  /**
+   * Runs guest kernel text at `rip` (CPL 0, registers as the caller set them in
+   * {@link interpreter}) until its RET. Exceptions go to the guest's handlers and the
+   * instruction is retried. Returns a `RUN_*` outcome.
+   */
+  execute(rip: number): number;
+  /** Ends the domain: nothing runs after, and {@link crashReason} holds `reason`. */
+  crash(reason: string): void;
+}
