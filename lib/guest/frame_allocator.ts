@@ -11,15 +11,15 @@
 import { declareCounter, type Stats } from "../x86/stats.ts";
 
 /** Frame use: free. */
-export const FRAME_FREE = 0;
+export const FRAME_USE_FREE = 0;
 /** Frame use: reserved or kernel (boot tables, kernel text, the zero page). */
-export const FRAME_KERNEL = 1;
+export const FRAME_USE_KERNEL = 1;
 /** Frame use: a process page table (L1..L4). */
-export const FRAME_TABLE = 2;
+export const FRAME_USE_TABLE = 2;
 /** Frame use: a user data page. */
-export const FRAME_USER = 3;
+export const FRAME_USE_USER = 3;
 /** Frame use: a task's kernel page (task struct and kernel stack). */
-export const FRAME_TASK = 4;
+export const FRAME_USE_TASK = 4;
 /** Names of the frame uses, indexed by use. */
 export const FRAME_USE_NAMES: readonly string[] = ["free", "kernel", "table", "user", "task"];
 
@@ -41,13 +41,13 @@ export const GUEST_FRAME_FREE: number = declareCounter(
  *
  * @example Freed frames are reused first
  * ```ts
- * import { FRAME_TABLE, FRAME_USER, GuestFrameAllocator } from "./frame_allocator.ts";
+ * import { FRAME_USE_TABLE, FRAME_USE_USER, GuestFrameAllocator } from "./frame_allocator.ts";
  * import { Stats } from "../x86/stats.ts";
  * import assert from "node:assert/strict";
  * const frames = new GuestFrameAllocator(8, new Stats());
- * const table = frames.allocate(FRAME_TABLE);
+ * const table = frames.allocate(FRAME_USE_TABLE);
  * frames.put(table);
- * assert.equal(frames.allocate(FRAME_USER), table); // the old table is now a data page
+ * assert.equal(frames.allocate(FRAME_USE_USER), table); // the old table is now a data page
  * ```
  */
 export class GuestFrameAllocator {
@@ -73,9 +73,9 @@ export class GuestFrameAllocator {
     this.#stack = new Int32Array(frames);
     this.#counts = stats.counts;
     for (let gfn = frames - 1; gfn >= 1; gfn--) this.#stack[this.#top++] = gfn;
-    this.use[0] = FRAME_KERNEL;
+    this.use[0] = FRAME_USE_KERNEL;
     this.refcount[0] = 1;
-    this.#inUse[FRAME_KERNEL] = 1;
+    this.#inUse[FRAME_USE_KERNEL] = 1;
   }
 
   /** Frames on the free stack. */
@@ -110,7 +110,7 @@ export class GuestFrameAllocator {
     this.#check(gfn);
     if (--this.refcount[gfn] > 0) return false;
     this.#inUse[this.use[gfn]!]--;
-    this.use[gfn] = FRAME_FREE;
+    this.use[gfn] = FRAME_USE_FREE;
     this.#stack[this.#top++] = gfn;
     this.#counts[GUEST_FRAME_FREE]++;
     return true;

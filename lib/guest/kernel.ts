@@ -42,10 +42,10 @@ import {
 } from "../platform/platform.ts";
 import { AddressSpace } from "./address_space.ts";
 import {
-  FRAME_KERNEL,
-  FRAME_TABLE,
-  FRAME_TASK,
-  FRAME_USER,
+  FRAME_USE_KERNEL,
+  FRAME_USE_TABLE,
+  FRAME_USE_TASK,
+  FRAME_USE_USER,
   GuestFrameAllocator,
 } from "./frame_allocator.ts";
 import { KernelCode } from "./kernel_code.ts";
@@ -489,7 +489,7 @@ export class GuestKernel {
       platform.loadGuestPhysical32(gpa + 4, hi);
     };
     const newKernelTable = () => {
-      const gfn = frames.allocate(FRAME_KERNEL);
+      const gfn = frames.allocate(FRAME_USE_KERNEL);
       for (let i = 0; i < PAGE_SIZE; i += 4) platform.loadGuestPhysical32(gfn * PAGE_SIZE + i, 0);
       return gfn;
     };
@@ -543,7 +543,7 @@ export class GuestKernel {
     link(l4, levelIndex(KERNEL_TEXT_BASE, 4), textL3);
     link(textL3, levelIndex(KERNEL_TEXT_BASE, 3), textL2);
     link(textL2, levelIndex(KERNEL_TEXT_BASE, 2), textL1);
-    const textGfn = frames.allocate(FRAME_KERNEL);
+    const textGfn = frames.allocate(FRAME_USE_KERNEL);
     const bytes = this.code.text.bytes;
     for (let i = 0; i < PAGE_SIZE; i += 4) {
       const word = bytes[i]! | (bytes[i + 1]! << 8) | (bytes[i + 2]! << 16) | (bytes[i + 3]! << 24);
@@ -587,7 +587,7 @@ export class GuestKernel {
   spawn(image: ExecImage = DEFAULT_IMAGE): number {
     this.#requireBooted();
     if (this.isCrashed) return -ENOMEM;
-    const task = this.#allocate(FRAME_TASK);
+    const task = this.#allocate(FRAME_USE_TASK);
     if (task < 0) return -ENOMEM;
     this.#clearPage(task);
     const mm = this.#createMm();
@@ -612,7 +612,7 @@ export class GuestKernel {
     const parent = this.#running(pid);
     if (this.isCrashed) return -ENOMEM;
     this.#switchTo(parent);
-    const task = this.#allocate(FRAME_TASK);
+    const task = this.#allocate(FRAME_USE_TASK);
     if (task < 0) return -ENOMEM;
     this.#copyPage(task, parent.taskGfn); // arch_dup_task_struct
     const parentMm = parent.mm!;
@@ -676,9 +676,12 @@ export class GuestKernel {
 
   /**
    * Reaps a zombie child of `parentPid` (0: the lab); `childPid` -1 means any. Returns the
-   * child's status, null if the child(ren) still run, or -ECHILD if there is none.
+   * child's status, null if the child(ren) still run, or -ECHILD if there is none. A
+   * parent process is switched to first (it is the one calling wait).
    */
   wait(parentPid: number, childPid = -1): WaitResult | null | number {
+    // The parent runs to call wait (the lab, pid 0, needs no switch).
+    if (parentPid !== 0) this.#switchTo(this.#running(parentPid));
     let found = false;
     for (const child of this.processes.values()) {
       if (child.parentPid !== parentPid || (childPid !== -1 && child.pid !== childPid)) continue;
@@ -848,9 +851,9 @@ export class GuestKernel {
   usage(): KernelUsage {
     const f = this.frames;
     return {
-      tables: f.inUse(FRAME_TABLE),
-      user: f.inUse(FRAME_USER),
-      tasks: f.inUse(FRAME_TASK),
+      tables: f.inUse(FRAME_USE_TABLE),
+      user: f.inUse(FRAME_USE_USER),
+      tasks: f.inUse(FRAME_USE_TASK),
       swapSlots: this.swap.used,
       free: f.freeFrames,
     };
@@ -947,7 +950,7 @@ export class GuestKernel {
       const zero = this.#zeroGfn * PAGE_SIZE;
       this.#setEntry(1, l1e, pteLow(zero, PTE_PRESENT | PTE_USER), pteHigh(zero, xd));
     } else {
-      const gfn = this.#allocate(FRAME_USER);
+      const gfn = this.#allocate(FRAME_USE_USER);
       if (gfn < 0) return this.#outOfMemory(process);
       this.#clearPage(gfn);
       const pa = gfn * PAGE_SIZE;
@@ -969,7 +972,7 @@ export class GuestKernel {
     let gfn = object.pages.get(index);
     let kind = "shared";
     if (gfn === undefined) {
-      gfn = this.#allocate(FRAME_USER);
+      gfn = this.#allocate(FRAME_USE_USER);
       if (gfn < 0) return this.#outOfMemory(process);
       this.#clearPage(gfn);
       object.pages.set(index, gfn);
@@ -1006,7 +1009,7 @@ export class GuestKernel {
       return "cow";
     }
     // wp_page_copy: new page, ptep_clear_flush, set_pte, drop the old reference.
-    const copy = this.#allocate(FRAME_USER);
+    const copy = this.#allocate(FRAME_USE_USER);
     if (copy < 0) return this.#outOfMemory(process);
     if (gfn === this.#zeroGfn) this.#clearPage(copy);
     else this.#copyPage(copy, gfn);
@@ -1046,7 +1049,7 @@ export class GuestKernel {
     const shared = this.swap.references(slot) > 1;
     let gfn = this.#swapCache.get(slot) ?? -1;
     if (gfn < 0) {
-      gfn = this.#allocate(FRAME_USER);
+      gfn = this.#allocate(FRAME_USE_USER);
       if (gfn < 0) return this.#outOfMemory(process);
       this.platform.dmaWrite(gfn, this.swap.page(slot));
       if (shared) {
@@ -1093,7 +1096,7 @@ export class GuestKernel {
 
   // pgd_alloc: a zeroed top level with the kernel half copied in (clone_pgd_range).
   #createMm(): AddressSpace | null {
-    const l4 = this.#allocate(FRAME_TABLE);
+    const l4 = this.#allocate(FRAME_USE_TABLE);
     if (l4 < 0) return null;
     this.#counts[GUEST_TABLE_ALLOC]++;
     this.#clearPage(l4);
@@ -1292,7 +1295,7 @@ export class GuestKernel {
         continue;
       }
       if (!alloc) return -1;
-      const gfn = this.#allocate(FRAME_TABLE);
+      const gfn = this.#allocate(FRAME_USE_TABLE);
       if (gfn < 0) return -1;
       this.#counts[GUEST_TABLE_ALLOC]++;
       this.#clearPage(gfn);

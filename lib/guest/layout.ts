@@ -56,7 +56,7 @@ export const PTE_SOFT_SWAP = 0x200;
  * Software bit of a non-present leaf that still maps its frame: the page is PROT_NONE
  * (Linux's _PAGE_PROTNONE reuses the global bit, which means nothing when P=0).
  */
-export const PTE_SOFT_PROTNONE = PTE_GLOBAL;
+export const PTE_SOFT_PROTNONE: number = PTE_GLOBAL;
 
 /** Linux errno values returned (negated) by the kernel's calls. */
 export const EPERM = 1;

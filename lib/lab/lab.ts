@@ -155,7 +155,8 @@ export class Lab {
   measure(work: () => void): StatsSnapshot {
     const before = this.stats.snapshot();
     work();
-    return Stats.diff(before, this.stats.snapshot());
+    const diff = Stats.diff(before, this.stats.snapshot());
+    return Object.fromEntries(Object.entries(diff).filter(([, value]) => value !== 0));
   }
 
   /** A new process running `image` (default image); returns its pid. */
