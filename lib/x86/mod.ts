@@ -8,6 +8,7 @@
 export * from "./access.ts";
 export * from "./address.ts";
 export * from "./decode.ts";
+export * from "./interpreter.ts";
 export * from "./page_walk.ts";
 export * from "./paging_control.ts";
 export * from "./physical_memory.ts";

@@ -1,0 +1,1228 @@
+/**
+ * An x86-64 interpreter for the decoder's instruction subset: the guest kernel's
+ * page-table writes (MOV, XCHG, LOCK CMPXCHG/OR/AND/BTS/BTR, REP STOSQ/MOVSQ) and its
+ * privileged instructions (MOV CRn, INVLPG, INVPCID, CLI/STI, HLT), executed from real
+ * instruction bytes through a {@link Vcpu}.
+ *
+ * Every byte of code is fetched through the vCPU as an instruction fetch (ACCESS_FETCH),
+ * and every operand goes through `cpu.read` / `cpu.write`, so the TLB, the page walk, the
+ * #PF error codes and the counters see exactly what hardware would do. A hypervisor that
+ * traps one of these writes can fetch and decode the same bytes.
+ *
+ * Architectural events are values: step() returns a `STEP_*` code and leaves an exception
+ * in `cpu.exception`. An instruction that faults changes nothing (RIP still points at it),
+ * except the progress of a REP string instruction, which the SDM keeps in RCX/RDI/RSI so
+ * re-executing it resumes (Vol. 2, REP/REPE/REPZ/REPNE/REPNZ).
+ *
+ * Registers are kept as 32-bit halves in a Uint32Array and addresses are computed with
+ * 64-bit wraparound on those halves; no BigInt and nothing allocated per instruction.
+ * Only 64-bit mode is modelled (Intel SDM Vol. 1 3.3.7, Vol. 2).
+ *
+ * @module
+ */
+
+import { ACCESS_FETCH, ACCESS_READ, ACCESS_WRITE } from "./access.ts";
+import {
+  canonicalToLinear,
+  LINEAR_LIMIT,
+  linearHigh32,
+  PAGE_SIZE,
+  UPPER_HALF_START,
+} from "./address.ts";
+import {
+  DecodedInstruction,
+  decodeInstruction,
+  FORM_REG_IMM,
+  FORM_REG_RM,
+  FORM_RM_IMM,
+  FORM_RM_REG,
+  OP_ADD,
+  OP_AND,
+  OP_BTR,
+  OP_BTS,
+  OP_CALL,
+  OP_CLI,
+  OP_CMPXCHG,
+  OP_CMPXCHG16B,
+  OP_CMPXCHG8B,
+  OP_HLT,
+  OP_INVLPG,
+  OP_INVPCID,
+  OP_JMP,
+  OP_LGDT,
+  OP_LIDT,
+  OP_MOV,
+  OP_MOV_FROM_CR,
+  OP_MOV_TO_CR,
+  OP_MOVS,
+  OP_NOP,
+  OP_OR,
+  OP_RET,
+  OP_STI,
+  OP_STOS,
+  OP_SUB,
+  OP_WBINVD,
+  OP_XCHG,
+} from "./decode.ts";
+import { WALK_COUNT } from "./page_walk.ts";
+import { declareCounter } from "./stats.ts";
+import { TLB_HIT } from "./tlb.ts";
+import { CPU_FETCH, CPU_READ, CPU_WRITE, type Vcpu, VECTOR_UD } from "./vcpu.ts";
+
+/**
+ * step(): the instruction retired and RIP advanced; or a REP string instruction paused
+ * after 2^16 iterations, RIP still at it and RCX counting the rest (see
+ * {@link Interpreter.step}).
+ */
+export const STEP_OK = 0;
+/**
+ * step(): an exception is in `cpu.exception` (vector, error code, CR2); RIP still points
+ * at the faulting instruction and registers are unchanged, except the progress of a REP
+ * string instruction (RCX/RDI/RSI count the iterations completed, so re-executing resumes).
+ */
+export const STEP_FAULT = 1;
+/** step(): RET with no interpreter-made CALL frame: the routine returned; RIP is at the RET. */
+export const STEP_RETURN = 2;
+/** step(): HLT executed (RIP advanced past it). */
+export const STEP_HALT = 3;
+/**
+ * step(): `intercepts[op]` was set; nothing executed, `decoded` holds the instruction and
+ * RIP is unchanged. The caller emulates it and calls {@link Interpreter.skip}.
+ */
+export const STEP_INTERCEPT = 4;
+/**
+ * step(): decoded fine but not executed by this interpreter (IN/OUT, SYSCALL, IRET, LGDT,
+ * PUSHF, ...); nothing executed, RIP unchanged, `decoded` holds it.
+ */
+export const STEP_UNSUPPORTED = 5;
+/** run() / resume(): stopped after `maxSteps` steps without finishing. */
+export const STEP_LIMIT = 6;
+
+/** #SS: stack fault (vector 12), raised for a non-canonical stack address (SDM 3.3.7.1). */
+export const VECTOR_SS = 12;
+
+/** Instructions retired. */
+export const CPU_INSTRUCTIONS: number = declareCounter(
+  "cpu.instructions",
+  "instructions retired by the interpreter",
+  "instructions",
+);
+/** #UD raised. */
+export const CPU_UD: number = declareCounter("cpu.ud", "#UD raised", "faults");
+/** #SS raised. */
+export const CPU_SS: number = declareCounter(
+  "cpu.ss",
+  "#SS raised by the interpreter (non-canonical stack address)",
+  "faults",
+);
+
+/**
+ * Iterations of a REP string instruction done by one step() at most. Hardware may pause a
+ * REP between iterations (to take an interrupt) with RCX/RDI/RSI saved and RIP still at
+ * the instruction; the interpreter does the same so that no guest count can keep one
+ * step() busy for long. 2^16 qwords is 512 KiB.
+ */
+const REP_ITERATIONS_PER_STEP = 0x10000;
+/** The architectural limit on instruction length (SDM Vol. 2 2.3.11). */
+const MAX_LENGTH = 15;
+const TWO_32 = 2 ** 32;
+
+// RFLAGS bits (SDM Vol. 1 3.4.3).
+const RFLAGS_CF = 0x1;
+const RFLAGS_PF = 0x4;
+const RFLAGS_AF = 0x10;
+const RFLAGS_ZF = 0x40;
+const RFLAGS_SF = 0x80;
+const RFLAGS_IF = 0x200;
+const RFLAGS_DF = 0x400;
+const RFLAGS_OF = 0x800;
+/** The status flags ADD/SUB/AND/OR/CMPXCHG write. */
+const RFLAGS_ARITH = RFLAGS_CF | RFLAGS_PF | RFLAGS_AF | RFLAGS_ZF | RFLAGS_SF | RFLAGS_OF;
+
+/**
+ * Instructions that #GP(0) at CPL > 0 (SDM Vol. 2, each instruction's "Protected Mode
+ * Exceptions"). The check precedes intercepts: privilege faults have priority over VM
+ * exits (SDM Vol. 3C 26.1.1). CLI/STI are checked against CPL 0 (IOPL is 0 in the lab).
+ */
+const PRIVILEGED = new Uint8Array(64);
+for (
+  const op of [
+    OP_MOV_TO_CR,
+    OP_MOV_FROM_CR,
+    OP_INVLPG,
+    OP_INVPCID,
+    OP_WBINVD,
+    OP_CLI,
+    OP_STI,
+    OP_HLT,
+    OP_LGDT,
+    OP_LIDT,
+  ]
+) PRIVILEGED[op] = 1;
+
+type OperandSize = 1 | 2 | 4 | 8;
+
+/** Value mask of an operand of 1, 2 or 4 bytes (index = size). */
+const SIZE_MASK = [0, 0xff, 0xffff, 0, 0xffffffff];
+/** Sign bit of an operand of 1, 2 or 4 bytes (index = size). */
+const SIZE_SIGN = [0, 0x80, 0x8000, 0, 0x80000000];
+
+/** PF: set when the low byte of a result has an even number of 1 bits. */
+function parityFlag(value: number): number {
+  let p = value & 0xff;
+  p ^= p >>> 4;
+  p ^= p >>> 2;
+  p ^= p >>> 1;
+  return (p & 1) === 0 ? RFLAGS_PF : 0;
+}
+
+/**
+ * Number of `size`-byte elements, starting with the one at linear `va` and moving by `step`
+ * bytes, that lie wholly in the 4 KiB page of `va` (0 when the first one crosses it).
+ */
+function elementsInPage(va: number, step: number, size: number): number {
+  const offset = va & 0xfff;
+  if (offset + size > PAGE_SIZE) return 0;
+  return step > 0 ? Math.floor((PAGE_SIZE - offset) / size) : Math.floor(offset / size) + 1;
+}
+
+/**
+ * Executes x86-64 instructions from guest memory on a {@link Vcpu}.
+ *
+ * Register r (0=rax, 1=rcx, 2=rdx, 3=rbx, 4=rsp, 5=rbp, 6=rsi, 7=rdi, 8..15=r8..r15) is
+ * `regs[2r]` (low half) and `regs[2r + 1]` (high half). RIP, FS base and GS base are
+ * 48-bit linear values, as every address in lib/x86.
+ *
+ * @example Run a kernel routine that writes a page-table entry
+ * ```ts
+ * import { Interpreter, MachineMemory, PagingControl, Stats, Vcpu, pteLow, pteHigh,
+ *   PTE_PRESENT, PTE_WRITABLE, STEP_RETURN } from "../../mod.ts";
+ * import assert from "node:assert/strict";
+ * const memory = new MachineMemory({ frames: 16 });
+ * const link = (entry: number, to: number) => {
+ *   memory.write32(entry, pteLow(to, PTE_PRESENT | PTE_WRITABLE));
+ *   memory.write32(entry + 4, pteHigh(to));
+ * };
+ * link(0x1000, 0x2000); link(0x2000, 0x3000); link(0x3000, 0x4000);
+ * link(0x4000, 0x5000); // va 0x0000 -> pa 0x5000: code
+ * link(0x4008, 0x6000); // va 0x1000 -> pa 0x6000: data
+ * [0x48, 0x89, 0x37, 0xc3].forEach((b, i) => memory.write8(0x5000 + i, b)); // mov [rdi], rsi; ret
+ * const stats = new Stats();
+ * const interpreter = new Interpreter(new Vcpu(memory, new PagingControl({ cr3: 0x1000 }), stats));
+ * interpreter.setReg(7, 0x1010); // rdi
+ * interpreter.setReg(6, 0x6007, 0x8000_0000); // rsi = 0x80000000_00006007 (an l1e with XD)
+ * assert.equal(interpreter.run(0x0), STEP_RETURN);
+ * assert.deepEqual([memory.read32(0x6010), memory.read32(0x6014)], [0x6007, 0x8000_0000]);
+ * assert.equal(stats.get("cpu.instructions"), 1); // the RET returned to TypeScript
+ * ```
+ */
+export class Interpreter {
+  /** The vCPU whose paging state, TLB and exception the instructions use. */
+  readonly cpu: Vcpu;
+  /**
+   * General registers as u32 halves: register r (0=rax, 1=rcx, 2=rdx, 3=rbx, 4=rsp,
+   * 5=rbp, 6=rsi, 7=rdi, 8..15) has its low half at `regs[2r]`, high at `regs[2r + 1]`.
+   */
+  readonly regs: Uint32Array = new Uint32Array(32);
+  /** RIP as a 48-bit linear value (as everywhere in lib/x86). */
+  rip = 0;
+  /**
+   * RFLAGS, low 32 bits; reset value 0x2. ADD/SUB/AND/OR/CMPXCHG set CF, PF, AF, ZF, SF
+   * and OF; BTS/BTR set CF; CLI/STI clear/set IF (bit 9); DF (bit 10) makes string
+   * instructions go down.
+   */
+  rflags = 0x2;
+  /** FS base (48-bit linear value), added to addresses with a 64 segment override. */
+  fsBase = 0;
+  /** GS base (48-bit linear value), added to addresses with a 65 segment override. */
+  gsBase = 0;
+  /** CR8 (task priority), 0..15: MOV to CR8 stores it here and it has no other effect. */
+  cr8 = 0;
+  /** The last instruction decoded (valid after step() unless the fetch faulted). */
+  readonly decoded: DecodedInstruction = new DecodedInstruction();
+  /** Per-op intercept flags indexed by `OP_*`: non-zero makes step() return STEP_INTERCEPT. */
+  readonly intercepts: Uint8Array = new Uint8Array(64);
+  /**
+   * Whether REP STOS/MOVS translate each page once and loop inside it. Memory,
+   * registers, exceptions and every counter are the same either way (one `cpu.write` /
+   * `cpu.read` and one TLB hit counted per element); false forces the element-by-element
+   * path, for tests that compare the two.
+   */
+  fastStrings = true;
+
+  readonly #counts: Float64Array;
+  readonly #buffer = new Uint8Array(16);
+  readonly #views: Uint8Array[] = [];
+  #callDepth = 0;
+  // The address of the instruction after `decoded` (48-bit linear value).
+  #next = 0;
+  // High half of the value the last #reg()/#loadRm() returned.
+  #hi = 0;
+  // Linear address of the memory operand, set by #memoryOperand().
+  #ea = 0;
+  // Result of #alu(): value halves and the status flags.
+  #resultLo = 0;
+  #resultHi = 0;
+  #resultFlags = 0;
+
+  /** An interpreter on `cpu`, with every register 0 and RFLAGS 0x2. */
+  constructor(cpu: Vcpu) {
+    this.cpu = cpu;
+    this.#counts = cpu.stats.counts;
+    for (let n = 0; n <= MAX_LENGTH; n++) this.#views.push(this.#buffer.subarray(0, n));
+  }
+
+  /**
+   * Sets 64-bit register `r` (0..15) to `hi`:`lo` (both taken as unsigned 32-bit).
+   * Throws a RangeError for a register number out of range.
+   */
+  setReg(r: number, lo: number, hi = 0): void {
+    checkRegister(r);
+    this.regs[2 * r] = lo;
+    this.regs[2 * r + 1] = hi;
+  }
+
+  /** Low 32 bits of register `r` (0..15), unsigned. */
+  regLo(r: number): number {
+    checkRegister(r);
+    return this.regs[2 * r]!;
+  }
+
+  /** High 32 bits of register `r` (0..15), unsigned. */
+  regHi(r: number): number {
+    checkRegister(r);
+    return this.regs[2 * r + 1]!;
+  }
+
+  /**
+   * Sets RIP to `rip` (a 48-bit linear value) and steps until a result other than
+   * STEP_OK, or STEP_LIMIT after `maxSteps` steps. Starts a new routine: the CALL depth is
+   * reset, so the first unmatched RET returns STEP_RETURN. Throws a RangeError for a `rip`
+   * that is not a 48-bit linear value (a caller bug, not a guest action).
+   *
+   * @example Clear a page with `mov ecx, 512; mov eax, 0; rep stosq; ret`
+   * ```ts
+   * import { Interpreter, MachineMemory, PagingControl, Stats, Vcpu, pteLow, pteHigh,
+   *   PTE_PRESENT, PTE_WRITABLE, STEP_RETURN } from "../../mod.ts";
+   * import assert from "node:assert/strict";
+   * const memory = new MachineMemory({ frames: 16 });
+   * const link = (entry: number, to: number) => {
+   *   memory.write32(entry, pteLow(to, PTE_PRESENT | PTE_WRITABLE));
+   *   memory.write32(entry + 4, pteHigh(to));
+   * };
+   * link(0x1000, 0x2000); link(0x2000, 0x3000); link(0x3000, 0x4000);
+   * link(0x4000, 0x5000); link(0x4008, 0x6000);
+   * const code = [0xb9, 0, 2, 0, 0, 0xb8, 0, 0, 0, 0, 0xf3, 0x48, 0xab, 0xc3];
+   * code.forEach((b, i) => memory.write8(0x5000 + i, b));
+   * memory.write32(0x6ff8, 0xffff_ffff);
+   * const stats = new Stats();
+   * const interpreter = new Interpreter(new Vcpu(memory, new PagingControl({ cr3: 0x1000 }), stats));
+   * interpreter.setReg(7, 0x1000); // rdi: the page to clear
+   * assert.equal(interpreter.run(0x0), STEP_RETURN);
+   * assert.equal(memory.read32(0x6ff8), 0);
+   * assert.equal(interpreter.regLo(7), 0x2000); // rdi advanced by 4096
+   * assert.equal(stats.get("cpu.write"), 512);
+   * ```
+   */
+  run(rip: number, maxSteps = 100000): number {
+    if (!Number.isInteger(rip) || rip < 0 || rip >= LINEAR_LIMIT) {
+      throw new RangeError(`Cannot run at rip ${rip}: must be a 48-bit linear value`);
+    }
+    this.rip = rip;
+    this.#callDepth = 0;
+    return this.resume(maxSteps);
+  }
+
+  /**
+   * Continues at the current RIP (after a fault was resolved, or an intercepted
+   * instruction was emulated and skipped) until a result other than STEP_OK, or
+   * STEP_LIMIT after `maxSteps` steps. Keeps the CALL depth.
+   */
+  resume(maxSteps = 100000): number {
+    for (let i = 0; i < maxSteps; i++) {
+      const result = this.step();
+      if (result !== STEP_OK) return result;
+    }
+    return STEP_LIMIT;
+  }
+
+  /**
+   * Advances RIP past `decoded`, after the caller emulated an intercepted instruction.
+   * Does nothing when the last decode failed.
+   */
+  skip(): void {
+    const next = this.rip + this.decoded.length;
+    this.rip = next >= LINEAR_LIMIT ? next - LINEAR_LIMIT : next;
+  }
+
+  /**
+   * Executes one instruction at RIP: fetch (through the vCPU, one `cpu.fetch` per page
+   * translated), decode, privilege check, intercept check, execute. Returns one of the
+   * `STEP_*` codes; never throws for anything the guest's bytes or state can do.
+   *
+   * A REP string instruction does at most 2^16 iterations per step: if RCX is not zero
+   * after that, step() returns STEP_OK with RIP still at the instruction (as a REP paused
+   * for an interrupt), and the next step() continues it.
+   */
+  step(): number {
+    const cpu = this.cpu;
+    const counts = this.#counts;
+    const d = this.decoded;
+    const rip = this.rip;
+
+    // Fetch: the bytes up to the end of the page, then the next page only if the decoder
+    // needs more (SDM Vol. 3A 6.9: a fetch #PF precedes a decode #UD).
+    counts[CPU_FETCH]++;
+    const pa = cpu.translate(rip, ACCESS_FETCH);
+    if (pa < 0) return STEP_FAULT;
+    const memory = cpu.memory;
+    const buffer = this.#buffer;
+    const offset = rip & 0xfff;
+    const available = PAGE_SIZE - offset < MAX_LENGTH ? PAGE_SIZE - offset : MAX_LENGTH;
+    for (let k = 0; k < available; k++) buffer[k] = memory.read8(pa + k);
+    let length = decodeInstruction(this.#views[available]!, 0, d);
+    if (length < 0 && available < MAX_LENGTH) {
+      let second = rip - offset + PAGE_SIZE;
+      // Running from the lower half into the non-canonical hole is #GP(0) (as a split access).
+      if (rip < UPPER_HALF_START && second >= UPPER_HALF_START) return this.#gp();
+      if (second === LINEAR_LIMIT) second = 0; // 0xffff_ffff_ffff_ffff + 1 wraps to 0
+      counts[CPU_FETCH]++;
+      const pa2 = cpu.translate(second, ACCESS_FETCH);
+      if (pa2 < 0) return STEP_FAULT;
+      for (let k = available; k < MAX_LENGTH; k++) buffer[k] = memory.read8(pa2 + k - available);
+      length = decodeInstruction(this.#views[MAX_LENGTH]!, 0, d);
+    }
+    if (length <= 0) return d.tooLong ? this.#gp() : this.#ud();
+
+    // An instruction that ends exactly at the top of the lower half would leave RIP
+    // non-canonical, which a 48-bit value cannot hold: #GP(0) at the instruction.
+    const end = rip + length;
+    if (rip < UPPER_HALF_START && end >= UPPER_HALF_START) return this.#gp();
+    this.#next = end >= LINEAR_LIMIT ? end - LINEAR_LIMIT : end;
+
+    const op = d.op;
+    if (PRIVILEGED[op] !== 0 && cpu.ctl.cpl !== 0) return this.#gp();
+    if (this.intercepts[op] !== 0) return STEP_INTERCEPT;
+    return this.#execute(op);
+  }
+
+  #execute(op: number): number {
+    switch (op) {
+      case OP_MOV:
+        return this.#mov();
+      case OP_XCHG:
+        return this.#xchg();
+      case OP_CMPXCHG:
+        return this.#cmpxchg();
+      case OP_CMPXCHG8B:
+        return this.#cmpxchg8b();
+      case OP_CMPXCHG16B:
+        return this.#cmpxchg16b();
+      case OP_ADD:
+      case OP_OR:
+      case OP_AND:
+      case OP_SUB:
+        return this.#arithmetic(op);
+      case OP_BTS:
+      case OP_BTR:
+        return this.#bitTestAnd(op === OP_BTS);
+      case OP_STOS:
+        return this.#string(false);
+      case OP_MOVS:
+        return this.#string(true);
+      case OP_MOV_TO_CR:
+        return this.#movToCr();
+      case OP_MOV_FROM_CR:
+        return this.#movFromCr();
+      case OP_INVLPG: {
+        // A non-canonical operand makes INVLPG a NOP (SDM Vol. 2, INVLPG).
+        const va = this.#address(0, 0);
+        if (va >= 0) this.cpu.invlpg(va);
+        return this.#retire();
+      }
+      case OP_INVPCID:
+        return this.#invpcid();
+      case OP_CLI:
+        this.rflags &= ~RFLAGS_IF;
+        return this.#retire();
+      case OP_STI:
+        this.rflags |= RFLAGS_IF;
+        return this.#retire();
+      case OP_NOP:
+        return this.#retire();
+      case OP_HLT:
+        this.#retire();
+        return STEP_HALT;
+      case OP_JMP: {
+        const target = this.#branchTarget();
+        if (target < 0) return this.#gp();
+        this.rip = target;
+        this.#counts[CPU_INSTRUCTIONS]++;
+        return STEP_OK;
+      }
+      case OP_CALL:
+        return this.#call();
+      case OP_RET:
+        return this.#ret();
+      default:
+        return STEP_UNSUPPORTED;
+    }
+  }
+
+  // --- Instructions ----------------------------------------------------------------------
+
+  #mov(): number {
+    const d = this.decoded;
+    const size = d.operandSize;
+    switch (d.form) {
+      case FORM_RM_REG: {
+        const lo = this.#reg(d.reg, size);
+        return this.#storeRm(size, lo, this.#hi) ? this.#retire() : STEP_FAULT;
+      }
+      case FORM_REG_RM:
+        if (!this.#loadRm(size)) return STEP_FAULT;
+        this.#setReg(d.reg, size, this.#resultLo, this.#hi);
+        return this.#retire();
+      case FORM_RM_IMM:
+        return this.#storeRm(size, d.imm, d.immHi) ? this.#retire() : STEP_FAULT;
+      case FORM_REG_IMM:
+        this.#setReg(d.reg, size, d.imm, d.immHi);
+        return this.#retire();
+      default:
+        return STEP_UNSUPPORTED;
+    }
+  }
+
+  // XCHG r/m, r: with memory, read then write; a faulting write changes no register.
+  #xchg(): number {
+    const d = this.decoded;
+    const size = d.operandSize;
+    const regLo = this.#reg(d.reg, size);
+    const regHi = this.#hi;
+    if (!this.#loadRm(size)) return STEP_FAULT;
+    const oldLo = this.#resultLo;
+    const oldHi = this.#hi;
+    if (!this.#storeRm(size, regLo, regHi)) return STEP_FAULT;
+    this.#setReg(d.reg, size, oldLo, oldHi);
+    return this.#retire();
+  }
+
+  /*
+   * CMPXCHG r/m, r (SDM Vol. 2): TEMP <- DEST; IF accumulator = TEMP THEN ZF <- 1,
+   * DEST <- SRC ELSE ZF <- 0, accumulator <- TEMP, DEST <- TEMP; flags as CMP acc, DEST.
+   * A memory destination always gets a write cycle (the old value back on a mismatch), so a
+   * read-only page faults with W=1 either way. A register destination is left alone on a
+   * mismatch (not zero-extended), and the accumulator on a match, as processors do.
+   */
+  #cmpxchg(): number {
+    const d = this.decoded;
+    const size = d.operandSize;
+    const srcLo = this.#reg(d.reg, size);
+    const srcHi = this.#hi;
+    const accLo = this.#reg(0, size);
+    const accHi = this.#hi;
+    if (!this.#loadRm(size)) return STEP_FAULT;
+    const oldLo = this.#resultLo;
+    const oldHi = this.#hi;
+    const isEqual = accLo === oldLo && accHi === oldHi;
+    this.#alu(OP_SUB, size, accLo, accHi, oldLo, oldHi);
+    if (d.isMemory) {
+      const ok = isEqual
+        ? this.cpu.write(this.#ea, size as OperandSize, srcLo, srcHi)
+        : this.cpu.write(this.#ea, size as OperandSize, oldLo, oldHi);
+      if (!ok) return STEP_FAULT;
+    } else if (isEqual) {
+      this.#setReg(d.rm, size, srcLo, srcHi);
+    }
+    if (!isEqual) this.#setReg(0, size, oldLo, oldHi);
+    this.#commitFlags(RFLAGS_ARITH, this.#resultFlags);
+    return this.#retire();
+  }
+
+  // CMPXCHG8B m64: EDX:EAX against the qword; ECX:EBX stored on a match, the old value
+  // written back and loaded into EDX:EAX (upper halves cleared) on a mismatch.
+  #cmpxchg8b(): number {
+    const va = this.#memoryOperand(0, 0);
+    if (va < 0) return STEP_FAULT;
+    const cpu = this.cpu;
+    if (!cpu.read(va, 8)) return STEP_FAULT;
+    const lo = cpu.data;
+    const hi = cpu.dataHi;
+    const regs = this.regs;
+    const isEqual = lo === regs[0] && hi === regs[4];
+    if (!(isEqual ? cpu.write(va, 8, regs[6]!, regs[2]!) : cpu.write(va, 8, lo, hi))) {
+      return STEP_FAULT;
+    }
+    if (!isEqual) {
+      this.#setReg(0, 4, lo, 0);
+      this.#setReg(2, 4, hi, 0);
+    }
+    this.#commitFlags(RFLAGS_ZF, isEqual ? RFLAGS_ZF : 0);
+    return this.#retire();
+  }
+
+  // CMPXCHG16B m128: RDX:RAX against the two qwords, RCX:RBX stored; #GP(0) unless the
+  // operand is 16-byte aligned (SDM Vol. 2, CMPXCHG8B/CMPXCHG16B).
+  #cmpxchg16b(): number {
+    const va = this.#memoryOperand(0, 0);
+    if (va < 0) return STEP_FAULT;
+    if ((va & 15) !== 0) return this.#gp();
+    const cpu = this.cpu;
+    if (!cpu.read(va, 8)) return STEP_FAULT;
+    const lo0 = cpu.data;
+    const hi0 = cpu.dataHi;
+    if (!cpu.read(va + 8, 8)) return STEP_FAULT; // same page: 16-byte aligned
+    const lo1 = cpu.data;
+    const hi1 = cpu.dataHi;
+    const regs = this.regs;
+    const isEqual = lo0 === regs[0] && hi0 === regs[1] && lo1 === regs[4] && hi1 === regs[5];
+    if (isEqual) {
+      if (!cpu.write(va, 8, regs[6]!, regs[7]!)) return STEP_FAULT;
+      if (!cpu.write(va + 8, 8, regs[2]!, regs[3]!)) return STEP_FAULT;
+    } else {
+      if (!cpu.write(va, 8, lo0, hi0)) return STEP_FAULT;
+      if (!cpu.write(va + 8, 8, lo1, hi1)) return STEP_FAULT;
+      this.#setReg(0, 8, lo0, hi0);
+      this.#setReg(2, 8, lo1, hi1);
+    }
+    this.#commitFlags(RFLAGS_ZF, isEqual ? RFLAGS_ZF : 0);
+    return this.#retire();
+  }
+
+  // ADD/OR/AND/SUB in the forms r/m, r; r, r/m; r/m, imm.
+  #arithmetic(op: number): number {
+    const d = this.decoded;
+    const size = d.operandSize;
+    let aLo: number, aHi: number, bLo: number, bHi: number;
+    if (d.form === FORM_REG_RM) {
+      aLo = this.#reg(d.reg, size);
+      aHi = this.#hi;
+      if (!this.#loadRm(size)) return STEP_FAULT;
+      bLo = this.#resultLo;
+      bHi = this.#hi;
+    } else {
+      if (!this.#loadRm(size)) return STEP_FAULT;
+      aLo = this.#resultLo;
+      aHi = this.#hi;
+      if (d.form === FORM_RM_REG) {
+        bLo = this.#reg(d.reg, size);
+        bHi = this.#hi;
+      } else {
+        bLo = size === 8 ? d.imm >>> 0 : (d.imm & SIZE_MASK[size]!) >>> 0;
+        bHi = size === 8 ? d.immHi >>> 0 : 0;
+      }
+    }
+    this.#alu(op, size, aLo, aHi, bLo, bHi);
+    const lo = this.#resultLo;
+    const hi = this.#resultHi;
+    const flags = this.#resultFlags;
+    if (d.form === FORM_REG_RM) this.#setReg(d.reg, size, lo, hi);
+    else if (!this.#storeRm(size, lo, hi)) return STEP_FAULT;
+    this.#commitFlags(RFLAGS_ARITH, flags);
+    return this.#retire();
+  }
+
+  /*
+   * BTS/BTR (SDM Vol. 2, BT): CF <- the selected bit, then set or clear it. An imm8 bit
+   * offset, or any offset with a register operand, is taken modulo the operand width. A
+   * register offset with a memory operand is a signed bit string index: the operand moves
+   * by operand-size units, address + size * floor(offset / bits).
+   */
+  #bitTestAnd(isSet: boolean): number {
+    const d = this.decoded;
+    const size = d.operandSize;
+    const bits = size * 8;
+    let bit: number;
+    if (d.form === FORM_RM_IMM) {
+      bit = d.imm & (bits - 1);
+      if (d.isMemory && this.#memoryOperand(0, 0) < 0) return STEP_FAULT;
+    } else {
+      const lo = this.#reg(d.reg, size);
+      const hi = this.#hi;
+      bit = lo & (bits - 1);
+      if (d.isMemory) {
+        // Byte displacement = (signed offset >> 3) rounded down to the operand size.
+        let dispLo: number, dispHi: number;
+        if (size === 8) {
+          dispLo = (((lo >>> 3) | (hi << 29)) & ~7) >>> 0;
+          dispHi = hi >> 3;
+        } else {
+          const offset = size === 4 ? lo | 0 : (lo << 16) >> 16;
+          const disp = (offset >> 3) & ~(size - 1);
+          dispLo = disp >>> 0;
+          dispHi = disp >> 31;
+        }
+        if (this.#memoryOperand(dispLo, dispHi) < 0) return STEP_FAULT;
+      }
+    }
+    if (!this.#loadRm(size)) return STEP_FAULT;
+    let lo = this.#resultLo;
+    let hi = this.#hi;
+    let isBitSet: boolean;
+    if (bit < 32) {
+      const mask = 1 << bit;
+      isBitSet = (lo & mask) !== 0;
+      lo = (isSet ? lo | mask : lo & ~mask) >>> 0;
+    } else {
+      const mask = 1 << (bit - 32);
+      isBitSet = (hi & mask) !== 0;
+      hi = (isSet ? hi | mask : hi & ~mask) >>> 0;
+    }
+    if (!this.#storeRm(size, lo, hi)) return STEP_FAULT;
+    this.#commitFlags(RFLAGS_CF, isBitSet ? RFLAGS_CF : 0);
+    return this.#retire();
+  }
+
+  /*
+   * STOS / MOVS with or without REP (F3 and F2 both repeat these). Destination ES:RDI (ES
+   * base is 0 in 64-bit mode), source DS:RSI with an FS/GS override applying; RCX counts,
+   * or ECX/EDI/ESI with a 67 prefix. Each element is one cpu.read / cpu.write; registers
+   * are updated after each, so a fault leaves them at the element that faulted and
+   * re-executing resumes (SDM Vol. 2, REP).
+   *
+   * The fast path: once an element went through the vCPU without a page walk, every
+   * further element in the same page(s) would hit the same TLB entries, so their physical
+   * addresses are known. It does them with one translate() per page and adds the same
+   * cpu.read / cpu.write / tlb.hit counts the element-by-element path would.
+   */
+  #string(isMovs: boolean): number {
+    const d = this.decoded;
+    const cpu = this.cpu;
+    const counts = this.#counts;
+    const regs = this.regs;
+    const size = d.operandSize as OperandSize;
+    const is32 = d.addressSize === 4;
+    const isRep = d.rep !== 0;
+    const step = (this.rflags & RFLAGS_DF) !== 0 ? -size : size;
+    const sourceBase = d.segment === 0x64 ? this.fsBase : d.segment === 0x65 ? this.gsBase : 0;
+    const valueLo = this.#reg(0, size);
+    const valueHi = this.#hi;
+    const canBatch = isRep && this.fastStrings && !is32;
+    let budget = REP_ITERATIONS_PER_STEP;
+    for (;;) {
+      let count = 1;
+      if (isRep) {
+        count = is32 ? regs[2]! : regs[3]! * TWO_32 + regs[2]!;
+        if (count === 0) break;
+        if (budget === 0) return STEP_OK; // paused: RIP stays, RCX holds the rest
+      }
+      const dst = canonicalToLinear(is32 ? 0 : regs[15]!, regs[14]!);
+      if (dst < 0) return this.#gp();
+      let src = 0;
+      if (isMovs) {
+        src = this.#linear(regs[12]!, is32 ? 0 : regs[13]!, sourceBase);
+        if (src < 0) return this.#gp();
+      }
+      let lo = valueLo;
+      let hi = valueHi;
+      const walks = counts[WALK_COUNT]!;
+      if (isMovs) {
+        if (!cpu.read(src, size)) return STEP_FAULT;
+        lo = cpu.data;
+        hi = cpu.dataHi;
+      }
+      if (!cpu.write(dst, size, lo, hi)) return STEP_FAULT;
+      this.#advanceString(isMovs, is32, isRep, step, 1);
+      budget--;
+      if (!isRep) break;
+      if (canBatch && counts[WALK_COUNT] === walks) {
+        let n = elementsInPage(dst, step, size) - 1;
+        if (isMovs) n = Math.min(n, elementsInPage(src, step, size) - 1);
+        n = Math.min(n, count - 1, budget);
+        if (n > 0) {
+          if (!this.#stringBatch(isMovs, size, dst + step, src + step, step, n, lo, hi)) {
+            return STEP_FAULT;
+          }
+          budget -= n;
+        }
+      }
+    }
+    return this.#retire();
+  }
+
+  // `n` further elements of a REP STOS/MOVS whose pages the previous element translated
+  // without a walk; see #string(). False on a fault (not reached while the TLB entries
+  // stand, which nothing in between can change).
+  #stringBatch(
+    isMovs: boolean,
+    size: number,
+    dst: number,
+    src: number,
+    step: number,
+    n: number,
+    lo: number,
+    hi: number,
+  ): boolean {
+    const cpu = this.cpu;
+    const counts = this.#counts;
+    const memory = cpu.memory;
+    let spa = 0;
+    if (isMovs) {
+      spa = cpu.translate(src, ACCESS_READ);
+      if (spa < 0) {
+        counts[CPU_READ]++;
+        return false;
+      }
+    }
+    let dpa = cpu.translate(dst, ACCESS_WRITE);
+    if (dpa < 0) {
+      counts[CPU_WRITE]++;
+      if (isMovs) counts[CPU_READ]++;
+      return false;
+    }
+    for (let k = 0; k < n; k++) {
+      if (isMovs) {
+        // As Vcpu.read loads: read32 pairs for qwords.
+        if (size === 8) {
+          lo = memory.read32(spa);
+          hi = memory.read32(spa + 4);
+        } else if (size === 4) lo = memory.read32(spa);
+        else if (size === 1) lo = memory.read8(spa);
+        else lo = memory.read16(spa);
+        spa += step;
+      }
+      // As Vcpu.write stores.
+      if (size === 8) {
+        memory.write32(dpa, lo);
+        memory.write32(dpa + 4, hi);
+      } else if (size === 4) memory.write32(dpa, lo);
+      else if (size === 1) memory.write8(dpa, lo);
+      else memory.write16(dpa, lo);
+      dpa += step;
+    }
+    counts[CPU_WRITE] += n;
+    if (isMovs) {
+      counts[CPU_READ] += n;
+      cpu.data = lo;
+      if (size === 8) cpu.dataHi = hi;
+    }
+    // The element-by-element path counts a TLB hit per access; translate() counted the first.
+    if (cpu.tlbEnabled && cpu.ctl.isPaging) counts[TLB_HIT] += (n - 1) * (isMovs ? 2 : 1);
+    this.#advanceString(isMovs, false, true, step, n);
+    return true;
+  }
+
+  // RDI (and RSI) += n * step, RCX -= n; 32-bit registers (zero-extended) with a 67 prefix.
+  #advanceString(isMovs: boolean, is32: boolean, isRep: boolean, step: number, n: number): void {
+    const delta = n * step;
+    this.#addToReg(7, delta, is32);
+    if (isMovs) this.#addToReg(6, delta, is32);
+    if (isRep) this.#addToReg(1, -n, is32);
+  }
+
+  /*
+   * MOV to CR0/CR2/CR3/CR4/CR8 from a 64-bit register (SDM Vol. 2, MOV to/from Control
+   * Registers). Bits 63:32 of CR0 and CR4, and bits 63:4 of CR8, are reserved (#GP(0)).
+   * CR3: bits 51:0 are the value, bit 63 the no-flush bit with PCIDE; bits 62:52 are
+   * reserved.
+   */
+  #movToCr(): number {
+    const d = this.decoded;
+    const cpu = this.cpu;
+    const lo = this.regs[2 * d.rm]!;
+    const hi = this.regs[2 * d.rm + 1]!;
+    switch (d.crRegister) {
+      case 0:
+        if (hi !== 0) return this.#gp();
+        if (!cpu.writeCr0(lo)) return STEP_FAULT;
+        break;
+      case 2:
+        cpu.exception.cr2 = (hi & 0xffff) * TWO_32 + lo; // kept as a 48-bit value
+        break;
+      case 3: {
+        if ((hi & 0x7ff00000) !== 0) return this.#gp();
+        if (!cpu.writeCr3((hi & 0x000fffff) * TWO_32 + lo, hi >>> 31 === 1)) return STEP_FAULT;
+        break;
+      }
+      case 4:
+        if (hi !== 0) return this.#gp();
+        if (!cpu.writeCr4(lo)) return STEP_FAULT;
+        break;
+      case 8:
+        if (hi !== 0 || lo > 15) return this.#gp();
+        this.cr8 = lo;
+        break;
+      default:
+        return this.#ud();
+    }
+    return this.#retire();
+  }
+
+  // MOV r64, CRn: CR3 reads without bit 63 (the no-flush bit is not stored).
+  #movFromCr(): number {
+    const d = this.decoded;
+    const cpu = this.cpu;
+    const ctl = cpu.ctl;
+    let lo: number, hi = 0;
+    switch (d.crRegister) {
+      case 0:
+        lo = ctl.cr0;
+        break;
+      case 2: {
+        const cr2 = cpu.exception.cr2;
+        lo = cr2 >>> 0;
+        hi = linearHigh32(cr2);
+        break;
+      }
+      case 3: {
+        const cr3 = ctl.cr3;
+        lo = cr3 >>> 0;
+        hi = Math.floor(cr3 / TWO_32);
+        break;
+      }
+      case 4:
+        lo = ctl.cr4;
+        break;
+      case 8:
+        lo = this.cr8;
+        break;
+      default:
+        return this.#ud();
+    }
+    this.#setReg(d.rm, 8, lo, hi);
+    return this.#retire();
+  }
+
+  /*
+   * INVPCID r64, m128 (SDM Vol. 2): type in the register, descriptor in memory (PCID in
+   * bits 11:0 of the first qword, bits 63:12 reserved; linear address in the second).
+   * The vCPU checks the type, the PCID and the address.
+   */
+  #invpcid(): number {
+    const d = this.decoded;
+    const cpu = this.cpu;
+    const typeLo = this.regs[2 * d.reg]!;
+    const typeHi = this.regs[2 * d.reg + 1]!;
+    const va = this.#memoryOperand(0, 0);
+    if (va < 0) return STEP_FAULT;
+    if (!cpu.read(va, 8)) return STEP_FAULT;
+    const pcidLo = cpu.data;
+    const pcidHi = cpu.dataHi;
+    let second = va + 8;
+    if (va < UPPER_HALF_START && second >= UPPER_HALF_START) return this.#gp();
+    if (second >= LINEAR_LIMIT) second -= LINEAR_LIMIT;
+    if (!cpu.read(second, 8)) return STEP_FAULT;
+    if ((pcidLo & 0xfffff000) !== 0 || pcidHi !== 0) return this.#gp();
+    const type = typeHi !== 0 || typeLo > 3 ? 4 : typeLo;
+    const target = canonicalToLinear(cpu.dataHi, cpu.data); // -1: non-canonical
+    if (!cpu.invpcid(type, pcidLo, target)) return STEP_FAULT;
+    return this.#retire();
+  }
+
+  // CALL rel32: #GP(0) for a non-canonical target, #SS(0) for a non-canonical stack; the
+  // return address is pushed with cpu.write and RSP changes only when it succeeds.
+  #call(): number {
+    const target = this.#branchTarget();
+    if (target < 0) return this.#gp();
+    const regs = this.regs;
+    let lo = regs[8]! - 8;
+    let hi = regs[9]!;
+    if (lo < 0) {
+      lo += TWO_32;
+      hi--;
+    }
+    const sp = canonicalToLinear(hi, lo);
+    if (sp < 0) return this.#ss();
+    const next = this.#next;
+    if (!this.cpu.write(sp, 8, next >>> 0, linearHigh32(next))) return STEP_FAULT;
+    regs[8] = lo;
+    regs[9] = hi;
+    this.#callDepth++;
+    this.rip = target;
+    this.#counts[CPU_INSTRUCTIONS]++;
+    return STEP_OK;
+  }
+
+  // RET: pops a frame an interpreted CALL pushed, or returns to the TypeScript caller.
+  #ret(): number {
+    if (this.#callDepth === 0) return STEP_RETURN;
+    const regs = this.regs;
+    const sp = canonicalToLinear(regs[9]!, regs[8]!);
+    if (sp < 0) return this.#ss();
+    const cpu = this.cpu;
+    if (!cpu.read(sp, 8)) return STEP_FAULT;
+    const target = canonicalToLinear(cpu.dataHi, cpu.data);
+    if (target < 0) return this.#gp();
+    this.#addToReg(4, 8, false);
+    this.#callDepth--;
+    this.rip = target;
+    this.#counts[CPU_INSTRUCTIONS]++;
+    return STEP_OK;
+  }
+
+  // --- Operands ---------------------------------------------------------------------------
+
+  /** Register `r` at `size` bytes (AH..BH for 4..7 without REX); high half in #hi. */
+  #reg(r: number, size: number): number {
+    const regs = this.regs;
+    if (size === 8) {
+      this.#hi = regs[2 * r + 1]!;
+      return regs[2 * r]!;
+    }
+    this.#hi = 0;
+    if (size === 4) return regs[2 * r]!;
+    if (size === 2) return regs[2 * r]! & 0xffff;
+    if (this.decoded.rex === 0 && r >= 4 && r < 8) return (regs[2 * (r - 4)]! >>> 8) & 0xff;
+    return regs[2 * r]! & 0xff;
+  }
+
+  /** Writes register `r` at `size` bytes: 4 zero-extends, 1 and 2 keep the other bits. */
+  #setReg(r: number, size: number, lo: number, hi: number): void {
+    const regs = this.regs;
+    const i = 2 * r;
+    if (size === 8) {
+      regs[i] = lo;
+      regs[i + 1] = hi;
+    } else if (size === 4) {
+      regs[i] = lo;
+      regs[i + 1] = 0;
+    } else if (size === 2) {
+      regs[i] = (regs[i]! & 0xffff0000) | (lo & 0xffff);
+    } else if (this.decoded.rex === 0 && r >= 4 && r < 8) {
+      const j = 2 * (r - 4);
+      regs[j] = (regs[j]! & 0xffff00ff) | ((lo & 0xff) << 8);
+    } else {
+      regs[i] = (regs[i]! & 0xffffff00) | (lo & 0xff);
+    }
+  }
+
+  // Adds small `delta` to register r: 64-bit, or 32-bit zero-extended when `is32`.
+  #addToReg(r: number, delta: number, is32: boolean): void {
+    const regs = this.regs;
+    const i = 2 * r;
+    let lo = regs[i]! + delta;
+    if (is32) {
+      regs[i] = lo; // wraps modulo 2^32
+      regs[i + 1] = 0;
+      return;
+    }
+    let hi = regs[i + 1]!;
+    if (lo >= TWO_32) {
+      lo -= TWO_32;
+      hi++;
+    } else if (lo < 0) {
+      lo += TWO_32;
+      hi--;
+    }
+    regs[i] = lo;
+    regs[i + 1] = hi;
+  }
+
+  /**
+   * Loads the r/m operand (register, or memory at a fresh effective address) into
+   * #resultLo / #hi; false on a fault. A memory operand whose address a caller already
+   * computed (BTS/BTR) is read there.
+   */
+  #loadRm(size: number): boolean {
+    const d = this.decoded;
+    if (!d.isMemory) {
+      this.#resultLo = this.#reg(d.rm, size);
+      return true;
+    }
+    const op = d.op;
+    if (op !== OP_BTS && op !== OP_BTR && this.#memoryOperand(0, 0) < 0) return false;
+    const cpu = this.cpu;
+    if (!cpu.read(this.#ea, size as OperandSize)) return false;
+    this.#resultLo = cpu.data;
+    this.#hi = size === 8 ? cpu.dataHi : 0;
+    return true;
+  }
+
+  /**
+   * Stores to the r/m operand: a register, or memory at the effective address computed by
+   * the last #memoryOperand() (a store-only MOV computes it here). False on a fault.
+   */
+  #storeRm(size: number, lo: number, hi: number): boolean {
+    const d = this.decoded;
+    if (!d.isMemory) {
+      this.#setReg(d.rm, size, lo, hi);
+      return true;
+    }
+    if (d.op === OP_MOV && this.#memoryOperand(0, 0) < 0) return false;
+    return this.cpu.write(this.#ea, size as OperandSize, lo, hi);
+  }
+
+  /**
+   * The linear address of the memory operand plus a 64-bit extra displacement, stored in
+   * #ea; -1 with #GP(0) raised when it is not canonical.
+   */
+  #memoryOperand(extraLo: number, extraHi: number): number {
+    const va = this.#address(extraLo, extraHi);
+    if (va < 0) {
+      this.cpu.raiseGeneralProtection();
+      return -1;
+    }
+    this.#ea = va;
+    return va;
+  }
+
+  /*
+   * Effective address (SDM Vol. 1 3.7.5, Vol. 2 2.2.1.6): base + index * scale + disp
+   * (+ extra), or next RIP + disp, with 64-bit wraparound, or 32-bit with a 67 prefix
+   * (then zero-extended); plus the FS/GS base for a 64/65 override. Returns the 48-bit
+   * linear value, or -1 when the result is not canonical. Raises nothing.
+   */
+  #address(extraLo: number, extraHi: number): number {
+    const d = this.decoded;
+    const regs = this.regs;
+    const disp = d.disp;
+    // Sums of unsigned halves stay below 2^36: exact as doubles, carried at the end.
+    let lo = (disp >>> 0) + (extraLo >>> 0);
+    let hi = (disp >> 31) + extraHi;
+    if (d.ripRelative) {
+      const next = this.#next;
+      lo += next >>> 0;
+      hi += linearHigh32(next);
+    } else if (d.base >= 0) {
+      lo += regs[2 * d.base]!;
+      hi += regs[2 * d.base + 1]!;
+    }
+    if (d.index >= 0) {
+      lo += regs[2 * d.index]! * d.scale;
+      hi += regs[2 * d.index + 1]! * d.scale;
+    }
+    if (d.addressSize === 4) {
+      lo = lo % TWO_32;
+      hi = 0;
+    } else {
+      const carry = Math.floor(lo / TWO_32);
+      lo -= carry * TWO_32;
+      hi += carry;
+    }
+    const segment = d.segment;
+    const base = segment === 0x64 ? this.fsBase : segment === 0x65 ? this.gsBase : 0;
+    return this.#linear(lo, hi, base);
+  }
+
+  // The canonical check of (hi:lo) + base, as a 48-bit linear value or -1.
+  #linear(lo: number, hi: number, base: number): number {
+    if (base !== 0) {
+      lo += base % TWO_32;
+      hi += linearHigh32(base);
+      if (lo >= TWO_32) {
+        lo -= TWO_32;
+        hi++;
+      }
+    }
+    return canonicalToLinear(hi >>> 0, lo);
+  }
+
+  // next RIP + the sign-extended rel8/rel32, or -1 when not canonical.
+  #branchTarget(): number {
+    const next = this.#next;
+    const imm = this.decoded.imm;
+    let lo = (next >>> 0) + (imm >>> 0);
+    let hi = linearHigh32(next) + (imm >> 31);
+    if (lo >= TWO_32) {
+      lo -= TWO_32;
+      hi++;
+    }
+    return canonicalToLinear(hi >>> 0, lo);
+  }
+
+  // --- Flags -------------------------------------------------------------------------------
+
+  /*
+   * a OP b for ADD/OR/AND/SUB at `size` bytes (operands unsigned, masked to size) into
+   * #resultLo/#resultHi and the status flags into #resultFlags: CF carry/borrow, OF signed
+   * overflow, ZF, SF, PF of the low byte, AF carry out of bit 3; AND/OR clear CF, OF, AF.
+   */
+  #alu(op: number, size: number, aLo: number, aHi: number, bLo: number, bHi: number): void {
+    let lo: number, hi = 0;
+    let flags = 0;
+    if (size === 8) {
+      if (op === OP_ADD) {
+        lo = aLo + bLo;
+        const carry = lo >= TWO_32 ? 1 : 0;
+        lo -= carry * TWO_32;
+        hi = aHi + bHi + carry;
+        if (hi >= TWO_32) {
+          hi -= TWO_32;
+          flags |= RFLAGS_CF;
+        }
+        if (((aHi ^ hi) & (bHi ^ hi) & 0x80000000) !== 0) flags |= RFLAGS_OF;
+      } else if (op === OP_SUB) {
+        lo = aLo - bLo;
+        const borrow = lo < 0 ? 1 : 0;
+        lo += borrow * TWO_32;
+        hi = aHi - bHi - borrow;
+        if (hi < 0) {
+          hi += TWO_32;
+          flags |= RFLAGS_CF;
+        }
+        if (((aHi ^ bHi) & (aHi ^ hi) & 0x80000000) !== 0) flags |= RFLAGS_OF;
+      } else if (op === OP_AND) {
+        lo = (aLo & bLo) >>> 0;
+        hi = (aHi & bHi) >>> 0;
+      } else {
+        lo = (aLo | bLo) >>> 0;
+        hi = (aHi | bHi) >>> 0;
+      }
+      if ((lo | hi) === 0) flags |= RFLAGS_ZF;
+      if ((hi & 0x80000000) !== 0) flags |= RFLAGS_SF;
+    } else {
+      const mask = SIZE_MASK[size]!;
+      const sign = SIZE_SIGN[size]!;
+      if (op === OP_ADD) {
+        lo = aLo + bLo;
+        if (lo > mask) flags |= RFLAGS_CF;
+        lo = (lo & mask) >>> 0;
+        if (((aLo ^ lo) & (bLo ^ lo) & sign) !== 0) flags |= RFLAGS_OF;
+      } else if (op === OP_SUB) {
+        lo = aLo - bLo;
+        if (lo < 0) flags |= RFLAGS_CF;
+        lo = (lo & mask) >>> 0;
+        if (((aLo ^ bLo) & (aLo ^ lo) & sign) !== 0) flags |= RFLAGS_OF;
+      } else if (op === OP_AND) {
+        lo = (aLo & bLo) >>> 0;
+      } else {
+        lo = (aLo | bLo) >>> 0;
+      }
+      if (lo === 0) flags |= RFLAGS_ZF;
+      if ((lo & sign) !== 0) flags |= RFLAGS_SF;
+    }
+    if ((op === OP_ADD || op === OP_SUB) && ((aLo ^ bLo ^ lo) & 0x10) !== 0) flags |= RFLAGS_AF;
+    this.#resultLo = lo;
+    this.#resultHi = hi;
+    this.#resultFlags = flags | parityFlag(lo);
+  }
+
+  #commitFlags(mask: number, flags: number): void {
+    this.rflags = ((this.rflags & ~mask) | flags) >>> 0;
+  }
+
+  // --- Retirement and exceptions -------------------------------------------------------------
+
+  #retire(): number {
+    this.rip = this.#next;
+    this.#counts[CPU_INSTRUCTIONS]++;
+    return STEP_OK;
+  }
+
+  #gp(): number {
+    this.cpu.raiseGeneralProtection();
+    return STEP_FAULT;
+  }
+
+  #ss(): number {
+    const e = this.cpu.exception;
+    e.vector = VECTOR_SS;
+    e.errorCode = 0;
+    this.#counts[CPU_SS]++;
+    return STEP_FAULT;
+  }
+
+  #ud(): number {
+    const e = this.cpu.exception;
+    e.vector = VECTOR_UD;
+    e.errorCode = 0;
+    this.#counts[CPU_UD]++;
+    return STEP_FAULT;
+  }
+}
+
+function checkRegister(r: number): void {
+  if (!Number.isInteger(r) || r < 0 || r > 15) {
+    throw new RangeError(`Cannot access register ${r}: must be 0..15`);
+  }
+}
