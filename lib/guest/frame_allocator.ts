@@ -44,7 +44,7 @@ export const GUEST_FRAME_FREE: number = declareCounter(
  * import { FRAME_USE_TABLE, FRAME_USE_USER, GuestFrameAllocator } from "./frame_allocator.ts";
  * import { Stats } from "../x86/stats.ts";
  * import assert from "node:assert/strict";
- * const frames = new GuestFrameAllocator(8, new Stats());
+ * const frames = new GuestFrameAllocator(16, new Stats());
  * const table = frames.allocate(FRAME_USE_TABLE);
  * frames.put(table);
  * assert.equal(frames.allocate(FRAME_USE_USER), table); // the old table is now a data page
@@ -117,7 +117,7 @@ export class GuestFrameAllocator {
   }
 
   #check(gfn: number): void {
-    if (!(gfn >= 1 && gfn < this.frames) || this.refcount[gfn] === 0) {
+    if (!Number.isInteger(gfn) || gfn < 1 || gfn >= this.frames || this.refcount[gfn] === 0) {
       throw new RangeError(`Cannot reference guest frame ${gfn}: it is not allocated`);
     }
   }

@@ -386,7 +386,7 @@ export interface KernelUsage {
  * assert.equal(kernel.readU32(parent, 0x600000), 1);
  * assert.equal(kernel.readU32(child, 0x600000), 2);
  * kernel.exit(child, 0);
- * assert.deepEqual(kernel.wait(0, child), { pid: child, exitCode: 0, signal: 0 });
+ * assert.deepEqual(kernel.wait(parent, child), { pid: child, exitCode: 0, signal: 0 });
  * ```
  */
 export class GuestKernel {

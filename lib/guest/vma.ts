@@ -109,6 +109,7 @@ export class VmaList {
 
   /** Whether [start, end) is covered by areas without a gap. */
   covers(start: number, end: number): boolean {
+    if (end <= start) return true; // an empty range is covered (mprotect of 0 bytes is 0)
     let at = start;
     for (const v of this.areas) {
       if (v.end <= at) continue;

@@ -87,7 +87,8 @@ export interface NativePlatformOptions {
  *
  * @example Load a value, start paging, read it through the guest's own tables
  * ```ts
- * import { NativePlatform, RUN_DONE } from "./native.ts";
+ * import { NativePlatform } from "./native.ts";
+ * import { RUN_DONE } from "./platform.ts";
  * import { ACCESS_READ } from "../x86/access.ts";
  * import assert from "node:assert/strict";
  *
@@ -160,7 +161,7 @@ export class NativePlatform implements Platform {
 
   /** DMA out of guest frame `gfn`. */
   dmaRead(gfn: number, into: Uint32Array): void {
-    this.#checkGpa(gfn * PAGE_SIZE);
+    this.#checkGfn(gfn);
     const words = this.memory.hostFrame(gfn, false);
     if (words === undefined) into.fill(0, 0, PAGE_SIZE / 4); // never written: reads as zero
     else into.set(words);
@@ -168,7 +169,7 @@ export class NativePlatform implements Platform {
 
   /** DMA into guest frame `gfn`. */
   dmaWrite(gfn: number, from: Uint32Array): void {
-    this.#checkGpa(gfn * PAGE_SIZE);
+    this.#checkGfn(gfn);
     this.memory.hostFrame(gfn, true)!.set(from.subarray(0, PAGE_SIZE / 4));
   }
 
@@ -176,11 +177,13 @@ export class NativePlatform implements Platform {
   start(l4Gpa: number, cr4: number): void {
     const cpu = this.cpu;
     const ctl = cpu.ctl;
+    const saved = [ctl.efer, ctl.cr0, ctl.cr3, ctl.cr4] as const;
     ctl.efer = ctl.efer | EFER_LMA; // PG with LME set activates long mode (SDM 9.8.5)
     if (
       !cpu.writeCr3(l4Gpa) || !cpu.writeCr0(CR0_PE | CR0_WP | CR0_PG) ||
       !cpu.writeCr4(CR4_PAE | cr4)
     ) {
+      [ctl.efer, ctl.cr0, ctl.cr3, ctl.cr4] = saved; // a refused start changes nothing
       throw new RangeError(
         `Cannot start the guest: CR3 ${l4Gpa} / CR4 ${cr4} refused with #GP`,
       );
@@ -229,9 +232,19 @@ export class NativePlatform implements Platform {
     const interpreter = this.interpreter;
     cpu.ctl.cpl = 0;
     let step = interpreter.run(rip, MAX_ROUTINE_STEPS);
+    // A livelock is one instruction faulting at one address again and again; a REP string
+    // instruction faulting on page after page is making progress.
     let faults = 0;
+    let lastRip = -1;
+    let lastCr2 = -1;
     for (;;) {
       if (step === STEP_RETURN) return RUN_DONE;
+      if (step === STEP_FAULT) {
+        const cr2 = cpu.exception.cr2;
+        if (interpreter.rip !== lastRip || cr2 !== lastCr2) faults = 0;
+        lastRip = interpreter.rip;
+        lastCr2 = cr2;
+      }
       if (step === STEP_FAULT && faults < MAX_FAULT_RETRIES) {
         faults++;
         const outcome = this.#deliver(false);
@@ -298,6 +311,14 @@ export class NativePlatform implements Platform {
   #crashWith(reason: string): number {
     this.crash(reason);
     return RUN_CRASHED;
+  }
+
+  #checkGfn(gfn: number): void {
+    if (!Number.isInteger(gfn) || gfn < 0 || gfn >= this.guestFrames) {
+      throw new RangeError(
+        `Cannot access guest frame ${gfn}: memory is ${this.guestFrames} frames`,
+      );
+    }
   }
 
   #checkGpa(gpa: number): void {

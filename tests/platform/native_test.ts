@@ -208,7 +208,6 @@ Deno.test({
   // returns undefined. dmaWrite(0.5, buf) throws "TypeError: Cannot read properties of
   // undefined (reading 'set')" and dmaRead(0.5, buf) silently fills buf with zeros.
   // Expected: a RangeError naming the frame, from both.
-  ignore: true,
   fn() {
     const platform = new NativePlatform({ frames: FRAMES });
     const buffer = new Uint32Array(1024).fill(1);
@@ -582,7 +581,6 @@ Deno.test({
   // crashed as "livelock: kernel code at ... still faults after 16 retries" although no
   // access faulted twice. MAX_FAULT_RETRIES is documented as "how often one access may
   // fault". Not reached by today's kernel routines (each touches at most two pages).
-  ignore: true,
   fn() {
     const pages = MAX_FAULT_RETRIES + 1;
     const base = 0x10_0000; // l1 slots 256..272, frames 0x20..0x30

@@ -65,7 +65,10 @@ Deno.test("fork_exec.ts CLI: exit 2 and a message for bad arguments, JSON for --
     stderr: "piped",
   }).output();
   assert.equal(bad.code, 2);
-  assert.match(new TextDecoder().decode(bad.stderr), /Invalid --pages "0": must be an integer 1\.\.1048576/);
+  assert.match(
+    new TextDecoder().decode(bad.stderr),
+    /Invalid --pages "0": must be an integer 1\.\.1048576/,
+  );
   const good = await new Deno.Command(Deno.execPath(), {
     args: ["run", script, "--iterations", "1", "--pages", "4", "--memory", "8", "--json"],
     stdout: "piped",
