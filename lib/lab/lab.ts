@@ -8,7 +8,7 @@
  */
 
 import { ACCESS_FETCH, ACCESS_READ, ACCESS_WRITE, type AccessKind } from "../x86/access.ts";
-import { PAGE_SIZE } from "../x86/address.ts";
+import { LINEAR_LIMIT, PAGE_SIZE } from "../x86/address.ts";
 import { Prng } from "../x86/prng.ts";
 import { Stats, type StatsSnapshot } from "../x86/stats.ts";
 import type { TlbConfig } from "../x86/tlb.ts";
@@ -267,8 +267,14 @@ export class Lab {
       : options.kind === "fetch"
       ? ACCESS_FETCH
       : ACCESS_READ;
-    if (!Number.isInteger(start) || start < 0 || !Number.isInteger(length) || length < 4) {
-      throw new RangeError(`Cannot touch ${length} bytes at ${start}: need integers, length >= 4`);
+    if (
+      !Number.isInteger(start) || start < 0 || !Number.isInteger(length) || length < 4 ||
+      start + length > LINEAR_LIMIT
+    ) {
+      throw new RangeError(
+        `Cannot touch ${length} bytes at ${start}: need integers, length >= 4, ` +
+          `within the 48-bit linear space (end <= 2^48)`,
+      );
     }
     if (pattern === "strided" && options.stride === undefined) {
       throw new RangeError("Cannot touch with pattern 'strided': give a stride");

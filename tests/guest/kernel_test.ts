@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { createLab, type Lab } from "../../lib/lab/lab.ts";
 import { PROT_NONE, PROT_READ, PROT_WRITE, SIGSEGV } from "../../lib/guest/layout.ts";
 import { Stats } from "../../lib/x86/stats.ts";
+import { FRAME_USE_TABLE, FRAME_USE_USER } from "../../lib/guest/frame_allocator.ts";
 import { PTE_DIRTY, PTE_PRESENT, PTE_USER, PTE_WRITABLE, pteAddress } from "../../lib/x86/pte.ts";
 
 const RW = PROT_READ | PROT_WRITE;
@@ -198,21 +199,27 @@ Deno.test("GuestKernel: munmap flushes page by page up to 33 pages, all at once 
   assert.equal(lab.touch(pid, { start: area + 20 * 4096, length: 4 }).outcome, "killed");
 });
 
-Deno.test("GuestKernel: munmap of a whole area frees its page tables; the frames are reused", () => {
+Deno.test("GuestKernel: munmap of a whole area frees its page tables; a table frame becomes data", () => {
   const lab = createLab({ memoryMiB: 16 });
   const pid = lab.spawn();
+  lab.writeU32(pid, DATA, 1); // the low tables exist
   const before = lab.usage().tables;
   const area = lab.mmap(pid, 4096, RW);
   lab.writeU32(pid, area, 1);
-  const tables = lab.usage().tables - before;
-  assert.equal(tables, 3); // mmap areas live under a fresh L3, L2 and L1
+  assert.equal(lab.usage().tables - before, 3); // mmap areas live under a fresh L3, L2, L1
+  const use = lab.kernel.frames.use;
+  const tableFrames = new Set([...use.keys()].filter((gfn) => use[gfn] === FRAME_USE_TABLE));
   lab.munmap(pid, area, 4096);
   assert.equal(lab.usage().tables, before);
-  assert.equal(lab.usage().user, 0);
-  // LIFO reuse: the next data page is a frame that was a page table a moment ago.
-  const area2 = lab.mmap(pid, 4096, RW);
-  lab.writeU32(pid, area2, 2);
-  assert.equal(lab.readU32(pid, area2), 2);
+  assert.equal(lab.usage().user, 1);
+  // LIFO reuse: the next page handed out is the last frame freed, a former page table.
+  lab.writeU32(pid, DATA + 4096, 2);
+  const leaf = leafOf(lab, pid, DATA + 4096);
+  const gfn = pteAddress(leaf.lo, leaf.hi) / 4096;
+  assert.ok(tableFrames.has(gfn), `frame ${gfn} was not a table`);
+  assert.equal(use[gfn], FRAME_USE_USER);
+  assert.equal(lab.readU32(pid, DATA + 4096), 2);
+  assert.equal(lab.readU32(pid, DATA + 4100), 0); // cleared before use: no stale entries
 });
 
 Deno.test("GuestKernel: brk grows the heap and shrinking unmaps", () => {
@@ -224,6 +231,17 @@ Deno.test("GuestKernel: brk grows the heap and shrinking unmaps", () => {
   assert.equal(lab.readU32(pid, start + 3 * 4096), (start + 3 * 4096) >>> 0);
   assert.equal(lab.brk(pid, start + 4096), start + 4096);
   assert.equal(lab.touch(pid, { start: start + 2 * 4096, length: 4 }).outcome, "killed");
+});
+
+Deno.test("Lab.touch(): a range beyond the 48-bit linear space is a RangeError", () => {
+  const lab = createLab({ memoryMiB: 16 });
+  const pid = lab.spawn();
+  assert.throws(
+    () => lab.touch(pid, { start: 2 ** 48 - 4, length: 8 }),
+    /within the 48-bit linear space/,
+  );
+  // The top of the canonical upper half is the kernel's: a user touch there is SIGSEGV.
+  assert.equal(lab.touch(pid, { start: 2 ** 48 - 4, length: 4 }).outcome, "killed");
 });
 
 Deno.test("GuestKernel: a shared mapping is shared across fork; a private one is not", () => {
