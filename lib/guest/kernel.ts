@@ -1534,7 +1534,11 @@ export class GuestKernel {
             const entry = this.#readEntry(1, mappers[i + 1] as number);
             if ((entry.lo & PTE_ACCESSED) !== 0) {
               young = true;
+              // ptep_clear_flush_young: the generic form, which flushes. (x86 Linux skips the
+              // flush; the lab flushes so that the next access sets A again on every
+              // platform, and reclaim decides the same way natively and virtualized.)
               this.#updateFlags(false, mappers[i + 1] as number, PTE_ACCESSED, 0);
+              this.#flushPage(mappers[i] as AddressSpace, va);
             }
           }
           if (young) return false;
