@@ -1,9 +1,9 @@
 /**
- * Platforms: the ways the lab runs one guest (native here; pv, hvm-shadow and hvm-hap
- * build on the same interface).
+ * Platforms: the ways the lab runs one guest: native, and HVM with shadow paging.
  *
  * @module
  */
 
+export * from "./base_platform.ts";
 export * from "./native.ts";
 export * from "./platform.ts";

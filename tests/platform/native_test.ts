@@ -28,8 +28,8 @@ import {
   MAX_FAULT_RETRIES,
   MAX_ROUTINE_STEPS,
   MAX_TRAP_DEPTH,
-  NativePlatform,
-} from "../../lib/platform/native.ts";
+} from "../../lib/platform/base_platform.ts";
+import { NativePlatform } from "../../lib/platform/native.ts";
 import {
   PLATFORM_NAMES,
   RUN_ABANDONED,
