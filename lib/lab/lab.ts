@@ -13,6 +13,7 @@ import { Prng } from "../x86/prng.ts";
 import { Stats, type StatsSnapshot } from "../x86/stats.ts";
 import type { TlbConfig } from "../x86/tlb.ts";
 import { NativePlatform } from "../platform/native.ts";
+import { HvmShadowPlatform } from "../platform/hvm_shadow.ts";
 import {
   type Platform,
   PLATFORM_NAMES,
@@ -30,7 +31,7 @@ import {
 } from "../guest/kernel.ts";
 
 /** Platforms this build can run. */
-export const AVAILABLE_PLATFORMS: readonly PlatformName[] = ["native"];
+export const AVAILABLE_PLATFORMS: readonly PlatformName[] = ["native", "hvm-shadow"];
 
 /** Options of {@link createLab}. */
 export interface LabOptions {
@@ -52,6 +53,8 @@ export interface LabOptions {
   tlb?: TlbConfig;
   /** Record every genuine fault in {@link Lab.faults}; default false. */
   recordFaults?: boolean;
+  /** hvm-shadow: shadow pool size in pages (default 4096). */
+  shadowPoolPages?: number;
 }
 
 /** How {@link Lab.touch} picks addresses. */
@@ -367,9 +370,15 @@ export function createLab(options: LabOptions = {}): Lab {
   }
   const seed = options.seed ?? 1;
   const frames = memoryMiB * 256;
-  const platformOptions: { frames: number; tlb?: TlbConfig } = { frames };
+  const platformOptions: { frames: number; tlb?: TlbConfig; poolPages?: number } = { frames };
   if (options.tlb !== undefined) platformOptions.tlb = options.tlb;
-  const platform = new NativePlatform(platformOptions);
+  let platform: Platform;
+  if (name === "hvm-shadow") {
+    if (options.shadowPoolPages !== undefined) platformOptions.poolPages = options.shadowPoolPages;
+    platform = new HvmShadowPlatform(platformOptions);
+  } else {
+    platform = new NativePlatform(platformOptions);
+  }
   const kernelOptions: ConstructorParameters<typeof GuestKernel>[1] = {};
   if (options.pcid !== undefined) kernelOptions.pcid = options.pcid;
   if (options.directMapPageSize !== undefined) {

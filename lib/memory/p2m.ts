@@ -7,13 +7,13 @@
  * @module
  */
 
-import { type DomainId, type Mfn } from "./types.ts";
+import type { DomainId, Mfn } from "./types.ts";
 import type { FrameTable } from "./frame_table.ts";
 
 /** P2M entry of a GFN with nothing behind it (Xen's p2m_invalid). */
-export const P2M_INVALID = -1;
+export const P2M_INVALID: number = -1;
 /** P2M entry of a GFN that belongs to an emulated device (Xen's p2m_mmio_dm). */
-export const P2M_MMIO = -2;
+export const P2M_MMIO: number = -2;
 
 /** One MMIO range of guest frames. */
 export interface MmioRange {

@@ -58,7 +58,7 @@ export const MAX_TRAP_DEPTH = 3;
 export const MAX_ROUTINE_STEPS = 1_000_000;
 
 /** A platform's answer to an exception or intercept: retry the access / instruction. */
-export const HANDLED_RETRY = RUN_DONE;
+export const HANDLED_RETRY: number = RUN_DONE;
 /**
  * A platform's answer: the hypervisor completed the access or instruction itself (it
  * emulated it and, for an instruction, advanced RIP), so it is not retried.

@@ -5,5 +5,6 @@
  */
 
 export * from "./base_platform.ts";
+export * from "./hvm_shadow.ts";
 export * from "./native.ts";
 export * from "./platform.ts";

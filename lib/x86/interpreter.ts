@@ -356,6 +356,17 @@ export class Interpreter {
   }
 
   /**
+   * The linear address (48-bit) of the last decoded instruction's memory operand, or -1
+   * when it has none or the address is not canonical. A hypervisor emulating an
+   * intercepted instruction reads it here, as VMX reports the guest-linear address of an
+   * INVLPG exit in the exit qualification. Valid after step() returned for that
+   * instruction (RIP not yet advanced).
+   */
+  operandAddress(): number {
+    return this.decoded.isMemory ? this.#address(0, 0) : -1;
+  }
+
+  /**
    * Executes one instruction at RIP: fetch (through the vCPU, one `cpu.fetch` per page
    * translated), decode, privilege check, intercept check, execute. Returns one of the
    * `STEP_*` codes; never throws for anything the guest's bytes or state can do.

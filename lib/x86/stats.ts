@@ -21,6 +21,11 @@ export interface CounterDefinition {
   readonly description: string;
   /** Unit of the count: `events`, `references`, `bytes`, ... */
   readonly unit: string;
+  /**
+   * "count" (only grows; a phase reports its increase) or "gauge" (a level that goes up
+   * and down, like shadow pages in use; a phase reports its value at the end).
+   */
+  readonly kind: "count" | "gauge";
   /** Slot in {@link Stats.counts}. */
   readonly index: number;
 }
@@ -47,10 +52,15 @@ const byName = new Map<string, CounterDefinition>();
  * assert.equal(stats.get("demo.example"), 1);
  * ```
  */
-export function declareCounter(name: string, description: string, unit = "events"): number {
+export function declareCounter(
+  name: string,
+  description: string,
+  unit = "events",
+  kind: "count" | "gauge" = "count",
+): number {
   const known = byName.get(name);
   if (known !== undefined) {
-    if (known.description !== description || known.unit !== unit) {
+    if (known.description !== description || known.unit !== unit || known.kind !== kind) {
       throw new TypeError(`Cannot declare counter "${name}": declared before with another meaning`);
     }
     return known.index;
@@ -61,7 +71,7 @@ export function declareCounter(name: string, description: string, unit = "events
   if (definitions.length >= MAX_COUNTERS) {
     throw new RangeError(`Cannot declare counter "${name}": registry full (${MAX_COUNTERS})`);
   }
-  const definition = Object.freeze({ name, description, unit, index: definitions.length });
+  const definition = Object.freeze({ name, description, unit, kind, index: definitions.length });
   definitions.push(definition);
   byName.set(name, definition);
   return definition.index;
@@ -130,10 +140,17 @@ export class Stats {
     return Object.freeze(out);
   }
 
-  /** `after - before` for every counter in either snapshot. */
+  /**
+   * `after - before` for every counter in either snapshot; a gauge gives its value in
+   * `after` (a level, not an increase).
+   */
   static diff(before: StatsSnapshot, after: StatsSnapshot): StatsSnapshot {
     const out: Record<string, number> = {};
-    for (const name of Object.keys(after)) out[name] = after[name]! - (before[name] ?? 0);
+    for (const name of Object.keys(after)) {
+      out[name] = byName.get(name)?.kind === "gauge"
+        ? after[name]!
+        : after[name]! - (before[name] ?? 0);
+    }
     return Object.freeze(out);
   }
 }

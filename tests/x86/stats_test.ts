@@ -75,11 +75,25 @@ Deno.test("counterDefinitions() lists frozen definitions whose index is their po
     name: "statsTest.alpha",
     description: "alpha events of the stats test",
     unit: "events",
+    kind: "count",
     index: ALPHA,
   });
   assert.ok(Object.isFrozen(alpha));
   assert.equal(findCounter("statsTest.missing"), undefined);
   assert.ok(defs.length <= MAX_COUNTERS);
+});
+
+Deno.test("Stats.diff() gives a gauge's level at the end, not its change", () => {
+  const LEVEL = declareCounter("statsTest.level", "a level of the stats test", "pages", "gauge");
+  const stats = new Stats();
+  stats.counts[LEVEL] = 10;
+  const before = stats.snapshot();
+  stats.counts[LEVEL] = 7;
+  stats.counts[ALPHA] += 2;
+  const diff = Stats.diff(before, stats.snapshot());
+  assert.equal(diff["statsTest.level"], 7);
+  assert.equal(diff["statsTest.alpha"], 2);
+  assert.throws(() => declareCounter("statsTest.level", "a level of the stats test", "pages"));
 });
 
 Deno.test("Stats.get() reads a counter by name and throws a RangeError for an unknown one", () => {

@@ -1,0 +1,331 @@
+/**
+ * The `hvm-shadow` platform: the same guest, unmodified, under a hypervisor that owns the
+ * hardware CR3 (VT-x without EPT, as Xen ran HVM guests before 2008). The guest's memory
+ * is scattered over machine frames by a P2M; the processor walks shadow tables the
+ * hypervisor builds from the guest's own; the guest's CR3 reads and writes and its INVLPG
+ * exit to the hypervisor (CR3-load / CR3-store / INVLPG exiting); a #PF exits and is
+ * either fixed by the hypervisor (hidden), injected into the guest (genuine), or is a
+ * write to a guest page table that the hypervisor emulates.
+ *
+ * Exits are counted by reason (`exit.*`); the shadow core counts the rest.
+ *
+ * @module
+ */
+
+import { PAGE_SIZE } from "../x86/address.ts";
+import { OP_INVLPG, OP_MOV_FROM_CR, OP_MOV_TO_CR } from "../x86/decode.ts";
+import { Interpreter } from "../x86/interpreter.ts";
+import {
+  CR0_PE,
+  CR0_PG,
+  CR0_WP,
+  CR4_PAE,
+  EFER_LMA,
+  EFER_LME,
+  EFER_NXE,
+} from "../x86/paging_control.ts";
+import { declareCounter, Stats } from "../x86/stats.ts";
+import type { TlbConfig } from "../x86/tlb.ts";
+import { Vcpu, VECTOR_GP, VECTOR_PF } from "../x86/vcpu.ts";
+import { FrameTable } from "../memory/frame_table.ts";
+import { MachineMemory } from "../memory/machine_memory.ts";
+import { type MmioRange, P2m } from "../memory/p2m.ts";
+import { asDomainId } from "../memory/types.ts";
+import {
+  EMULATE_DONE,
+  EMULATE_FAULT,
+  emulateDataWrite,
+  emulatePtWrite,
+  resetEarlyUnshadow,
+} from "../shadow/emulate_pt_write.ts";
+import { CR3_DONE, CR3_GP, writeGuestCr3 } from "../shadow/shadow_cr3.ts";
+import {
+  handleShadowFault,
+  SHADOW_EMULATE,
+  SHADOW_FIXED,
+  SHADOW_GENUINE,
+  SHADOW_MMIO,
+  SHADOW_UNSHADOWED,
+  ShadowFaultResult,
+} from "../shadow/shadow_fault.ts";
+import { invlpgGuest } from "../shadow/shadow_invlpg.ts";
+import { SHADOW_UNSHADOW_REUSED, ShadowMmu } from "../shadow/shadow_mmu.ts";
+import { BasePlatform, HANDLED_COMPLETE, HANDLED_RETRY } from "./base_platform.ts";
+import { enterLongMode, resetPagingControl } from "./native.ts";
+import type { PlatformName } from "./platform.ts";
+
+/** VM exits of any reason. */
+export const EXIT_TOTAL: number = declareCounter("exit.total", "VM exits, all reasons", "exits");
+/** #PF exits. */
+export const EXIT_PF: number = declareCounter(
+  "exit.pf",
+  "VM exits for a page fault (exception bitmap: #PF)",
+  "exits",
+);
+/** MOV to CR3 exits. */
+export const EXIT_CR3: number = declareCounter(
+  "exit.cr3",
+  "VM exits for a guest MOV to CR3 (CR3-load exiting)",
+  "exits",
+);
+/** MOV from CR3 exits. */
+export const EXIT_CR3_READ: number = declareCounter(
+  "exit.cr3Read",
+  "VM exits for a guest MOV from CR3 (CR3-store exiting)",
+  "exits",
+);
+/** INVLPG exits. */
+export const EXIT_INVLPG: number = declareCounter(
+  "exit.invlpg",
+  "VM exits for a guest INVLPG (INVLPG exiting)",
+  "exits",
+);
+/** Exits for an access to an emulated device. */
+export const EXIT_MMIO: number = declareCounter(
+  "exit.mmio",
+  "VM exits for an access to an MMIO frame (emulated by the device model)",
+  "exits",
+);
+
+/** Options of {@link HvmShadowPlatform}. */
+export interface HvmShadowOptions {
+  /** Guest-physical memory in 4 KiB frames. */
+  frames: number;
+  /** Counters; a new set when omitted. */
+  stats?: Stats;
+  /** TLB geometry. */
+  tlb?: TlbConfig;
+  /** Shadow pool size in pages; default 4096, at least 64. */
+  poolPages?: number;
+  /** Seed that scatters guest frames over machine frames; default 1. */
+  scatterSeed?: number;
+  /** MMIO ranges of guest frames. */
+  mmio?: readonly MmioRange[];
+}
+
+/**
+ * HVM with shadow paging.
+ *
+ * @example Boot the guest kernel under shadow paging (see `createLab`)
+ * ```ts
+ * import { HvmShadowPlatform } from "./hvm_shadow.ts";
+ * import { GuestKernel } from "../guest/kernel.ts";
+ * import assert from "node:assert/strict";
+ * const platform = new HvmShadowPlatform({ frames: 4096 });
+ * const kernel = new GuestKernel(platform);
+ * kernel.boot();
+ * const pid = kernel.spawn();
+ * kernel.writeU32(pid, 0x600000, 7);
+ * assert.equal(kernel.readU32(pid, 0x600000), 7);
+ * assert.ok(platform.stats.get("fault.hidden") > 0); // the shadows filled in behind the guest
+ * ```
+ */
+export class HvmShadowPlatform extends BasePlatform {
+  /** "hvm-shadow". */
+  readonly name: PlatformName = "hvm-shadow";
+  /** Machine memory: the guest's scattered frames, the shadow pool, the rest free. */
+  readonly memory: MachineMemory;
+  /** The machine's frame table. */
+  readonly frameTable: FrameTable;
+  /** The domain's P2M. */
+  readonly p2m: P2m;
+  /** The shadow core. */
+  readonly mmu: ShadowMmu;
+  readonly #fault = new ShadowFaultResult();
+  #started = false;
+
+  /** A domain of `options.frames` guest frames on a machine with room for the pool. */
+  constructor(options: HvmShadowOptions) {
+    const stats = options.stats ?? new Stats();
+    const poolPages = options.poolPages ?? 4096;
+    if (!Number.isInteger(poolPages) || poolPages < 64) {
+      throw new RangeError(`Cannot use a shadow pool of ${poolPages} pages: need an integer >= 64`);
+    }
+    // The hypervisor's own frames come first; guest frames are scattered over the rest.
+    const machineFrames = options.frames + poolPages + 256;
+    const memory = new MachineMemory({ frames: machineFrames, stats });
+    const frameTable = new FrameTable({
+      frames: machineFrames,
+      stats: new Stats(), // the hypervisor's allocator, not the guest's work
+      scatterSeed: options.scatterSeed ?? 1,
+    });
+    const p2m = P2m.populate(frameTable, asDomainId(1), options.frames, options.mmio ?? []);
+    const vcpuOptions: { tlb?: TlbConfig } = {};
+    if (options.tlb !== undefined) vcpuOptions.tlb = options.tlb;
+    const cpu = new Vcpu(memory, resetPagingControl(), stats, vcpuOptions);
+    const interpreter = new Interpreter(cpu);
+    super(stats, cpu, interpreter, options.frames);
+    // VMX execution controls for shadow paging: CR3-load, CR3-store and INVLPG exiting.
+    interpreter.intercepts[OP_MOV_TO_CR] = 1;
+    interpreter.intercepts[OP_MOV_FROM_CR] = 1;
+    interpreter.intercepts[OP_INVLPG] = 1;
+    this.memory = memory;
+    this.frameTable = frameTable;
+    this.p2m = p2m;
+    this.mmu = new ShadowMmu(memory, frameTable, p2m, cpu, stats, { poolPages });
+  }
+
+  /** Stores into guest memory (through the P2M) before {@link start}. */
+  loadGuestPhysical32(gpa: number, value: number): void {
+    if (this.#started) throw new RangeError("Cannot load guest memory: the guest has started");
+    this.#checkGpa(gpa);
+    this.mmu.view.write32(gpa, value);
+  }
+
+  /** Reads guest-physical memory through the P2M. */
+  peekGuestPhysical32(gpa: number): number {
+    this.#checkGpa(gpa);
+    return this.mmu.view.read32(gpa);
+  }
+
+  /** DMA out of guest frame `gfn` (the device model reads through the P2M). */
+  dmaRead(gfn: number, into: Uint32Array): void {
+    const mfn = this.#mfnOf(gfn);
+    const words = this.memory.hostFrame(mfn, false);
+    if (words === undefined) into.fill(0, 0, PAGE_SIZE / 4);
+    else into.set(words);
+  }
+
+  /**
+   * DMA into guest frame `gfn`. A DMA write to a shadowed page table would bypass the
+   * write protection, so the frame is unshadowed first (Xen removes shadows of a page a
+   * device writes).
+   */
+  dmaWrite(gfn: number, from: Uint32Array): void {
+    const mfn = this.#mfnOf(gfn);
+    if (this.mmu.isShadowedTable(gfn)) this.mmu.unshadow(gfn, SHADOW_UNSHADOW_REUSED);
+    this.memory.hostFrame(mfn, true)!.set(from.subarray(0, PAGE_SIZE / 4));
+  }
+
+  /**
+   * Enters 64-bit paging: the guest's control registers take the guest's values; the
+   * hardware CR3 points at the shadow of the guest's top level.
+   */
+  start(l4Gpa: number, cr4: number): void {
+    const mmu = this.mmu;
+    const guest = mmu.guestCtl;
+    guest.efer = EFER_LME | EFER_LMA | EFER_NXE;
+    guest.cr0 = CR0_PE | CR0_WP | CR0_PG;
+    guest.cr4 = CR4_PAE | cr4;
+    const top = mmu.topLevel(Math.floor(l4Gpa / PAGE_SIZE));
+    if (top === null) throw new RangeError("Cannot start the guest: no shadow pool");
+    guest.cr3 = l4Gpa;
+    mmu.current = top;
+    enterLongMode(this.cpu, top.smfn * PAGE_SIZE + (l4Gpa & 0xfff), cr4);
+    this.#started = true;
+  }
+
+  /** A #PF is a VM exit to the shadow code; other exceptions are the guest's. */
+  protected onException(inInterpreter: boolean, fromUser: boolean): number {
+    const e = this.cpu.exception;
+    if (e.vector !== VECTOR_PF) return this.deliverToGuest(fromUser, e.vector, e.errorCode, e.cr2);
+    const counts = this.counts;
+    counts[EXIT_TOTAL]++;
+    counts[EXIT_PF]++;
+    const mmu = this.mmu;
+    const cr2 = e.cr2;
+    const result = this.#fault;
+    switch (handleShadowFault(mmu, cr2, e.errorCode, result)) {
+      case SHADOW_FIXED:
+      case SHADOW_UNSHADOWED:
+        return HANDLED_RETRY;
+      case SHADOW_GENUINE:
+        resetEarlyUnshadow(mmu);
+        return this.deliverToGuest(fromUser, VECTOR_PF, mmu.guestWalker.errorCode, cr2);
+      case SHADOW_EMULATE: {
+        if (!inInterpreter) {
+          const r = this.request;
+          if (emulateDataWrite(mmu, r.va, r.size, r.lo, r.hi, this.cpu.ctl.cpl)) {
+            return HANDLED_COMPLETE;
+          }
+          const f = mmu.emulator.cpu.exception;
+          return this.deliverToGuest(fromUser, f.vector, f.errorCode, f.cr2);
+        }
+        const outcome = emulatePtWrite(mmu, this.interpreter, result.gfn);
+        if (outcome === EMULATE_DONE) return HANDLED_COMPLETE;
+        if (outcome === EMULATE_FAULT) {
+          const f = mmu.emulator.cpu.exception;
+          return this.deliverToGuest(false, f.vector, f.errorCode, f.cr2);
+        }
+        return HANDLED_RETRY;
+      }
+      case SHADOW_MMIO:
+        counts[EXIT_MMIO]++;
+        return this.crashWith(
+          `MMIO access at gpa ${result.gpa}: this platform has no device model attached`,
+        );
+      default:
+        return this.crashWith(result.reason);
+    }
+  }
+
+  /** MOV to/from CR3 and INVLPG exits. */
+  protected override onIntercept(): number {
+    const interpreter = this.interpreter;
+    const d = interpreter.decoded;
+    const counts = this.counts;
+    const mmu = this.mmu;
+    counts[EXIT_TOTAL]++;
+    if (d.op === OP_INVLPG) {
+      counts[EXIT_INVLPG]++;
+      const va = interpreter.operandAddress();
+      if (va >= 0) invlpgGuest(mmu, va); // a non-canonical INVLPG is a NOP
+      interpreter.skip();
+      return HANDLED_COMPLETE;
+    }
+    if (d.op === OP_MOV_TO_CR && d.crRegister === 3) {
+      counts[EXIT_CR3]++;
+      const lo = interpreter.regLo(d.rm);
+      const hi = interpreter.regHi(d.rm);
+      const noFlush = (hi >>> 31) !== 0;
+      if ((hi & 0x7ff00000) !== 0) return this.deliverToGuest(false, VECTOR_GP, 0, 0);
+      const outcome = writeGuestCr3(mmu, (hi & 0xfffff) * 2 ** 32 + lo, noFlush);
+      if (outcome === CR3_GP) return this.deliverToGuest(false, VECTOR_GP, 0, 0);
+      if (outcome !== CR3_DONE) {
+        return this.crashWith(`the shadow pool (${mmu.poolPages} pages) is exhausted`);
+      }
+      interpreter.skip();
+      return HANDLED_COMPLETE;
+    }
+    if (d.op === OP_MOV_FROM_CR && d.crRegister === 3) {
+      counts[EXIT_CR3_READ]++;
+      const cr3 = mmu.guestCtl.cr3;
+      interpreter.setReg(d.rm, cr3 >>> 0, Math.floor(cr3 / 2 ** 32));
+      interpreter.skip();
+      return HANDLED_COMPLETE;
+    }
+    if (d.op === OP_MOV_FROM_CR) {
+      // Reads of CR0/CR4 see the guest's values (read shadows); CR2, CR8 the hardware's.
+      const cr = d.crRegister;
+      const value = cr === 0
+        ? mmu.guestCtl.cr0
+        : cr === 4
+        ? mmu.guestCtl.cr4
+        : cr === 2
+        ? this.cpu.exception.cr2
+        : interpreter.cr8;
+      interpreter.setReg(d.rm, value >>> 0, cr === 2 ? Math.floor(value / 2 ** 32) : 0);
+      interpreter.skip();
+      return HANDLED_COMPLETE;
+    }
+    return this.crashWith(
+      `the guest wrote CR${d.crRegister}, which this hypervisor does not emulate`,
+    );
+  }
+
+  #mfnOf(gfn: number): number {
+    const mfn = this.p2m.gfnToMfn(gfn);
+    if (!Number.isInteger(gfn) || mfn < 0) {
+      throw new RangeError(`Cannot access guest frame ${gfn}: it is not RAM of this domain`);
+    }
+    return mfn;
+  }
+
+  #checkGpa(gpa: number): void {
+    if (!Number.isInteger(gpa) || gpa < 0 || gpa + 4 > this.guestFrames * PAGE_SIZE) {
+      throw new RangeError(
+        `Cannot access guest-physical ${gpa}: memory is ${this.guestFrames} frames`,
+      );
+    }
+  }
+}
