@@ -1009,8 +1009,19 @@ export class GuestKernel {
       return "cow";
     }
     // wp_page_copy: new page, ptep_clear_flush, set_pte, drop the old reference.
+    const epoch = this.#allocEpoch;
     const copy = this.#allocate(FRAME_USE_USER);
     if (copy < 0) return this.#outOfMemory(process);
+    if (epoch !== this.#allocEpoch) {
+      // The allocation reclaimed memory, maybe this very page (it may be in swap now):
+      // if the entry no longer maps it, give the frame back and let the access fault anew.
+      const e = this.#readEntry(1, l1e);
+      if ((e.lo & PTE_PRESENT) === 0 || pteAddress(e.lo, e.hi) !== pteAddress(lo, hi)) {
+        this.frames.put(copy);
+        this.#counts[GUEST_FAULT_SPURIOUS]++;
+        return "spurious";
+      }
+    }
     if (gfn === this.#zeroGfn) this.#clearPage(copy);
     else this.#copyPage(copy, gfn);
     this.#clearEntry(1, l1e);
@@ -1496,9 +1507,17 @@ export class GuestKernel {
   // A page shared after fork is unmapped from every process that maps it.
   #reclaim(target: number): number {
     if (this.swap.slots === 0) return 0;
-    const processes = [...this.processes.values()].filter((p) => p.state === "running");
-    if (processes.length === 0) return 0;
     let freed = 0;
+    // Clean swap-cache pages no process maps any more cost nothing to drop: their
+    // contents are still in their slot (shrink_page_list takes them first).
+    for (const [slot, gfn] of this.#swapCache) {
+      if (this.frames.refcount[gfn] !== 1) continue;
+      this.#swapCache.delete(slot);
+      this.#swapCacheSlot.delete(gfn);
+      this.frames.put(gfn);
+      if (++freed >= target) break;
+    }
+    const processes = [...this.processes.values()].filter((p) => p.state === "running");
     for (let round = 0; round < 2 * processes.length && freed < target; round++) {
       const process = processes[this.#reclaimCursor++ % processes.length]!;
       const mm = process.mm!;
@@ -1542,7 +1561,8 @@ export class GuestKernel {
             }
           }
           if (young) return false;
-          if (!this.#swapOut(mappers, va, gfn)) return true;
+          // With swap full, only swap-cache pages (whose slot exists) can still go.
+          if (!this.#swapOut(mappers, va, gfn)) return false;
           freed++;
           return freed >= target;
         });
