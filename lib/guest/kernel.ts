@@ -23,7 +23,9 @@ import {
   PTE_GLOBAL,
   PTE_HI_XD,
   PTE_PAGE_SIZE,
+  PTE_PCD,
   PTE_PRESENT,
+  PTE_PWT,
   PTE_USER,
   PTE_WRITABLE,
   pteAddress,
@@ -753,6 +755,33 @@ export class GuestKernel {
   }
 
   /**
+   * Maps the platform's device registers (one page) into process `pid`, as a driver's
+   * mmap with remap_pfn_range does: the entry is installed at once, uncached. Returns the
+   * address or -ENOMEM.
+   */
+  mmapDevice(pid: number): number {
+    const process = this.#running(pid);
+    const mm = process.mm!;
+    const start = mm.vmas.findGapTopDown(PAGE_SIZE, MMAP_BASE, MMAP_MIN);
+    if (start < 0) return -ENOMEM;
+    const vma = new Vma(
+      start,
+      start + PAGE_SIZE,
+      PROT_READ | PROT_WRITE,
+      "device",
+      null,
+      0,
+      this.platform.deviceGfn,
+    );
+    mm.vmas.insert(vma);
+    this.#switchTo(process);
+    const l1e = this.#l1eAddress(mm, start, true);
+    if (l1e < 0) return -ENOMEM;
+    this.#setEntry(1, l1e, ...this.#deviceEntry(vma, start));
+    return start;
+  }
+
+  /**
    * munmap (mm/mmap.c unmap_region): zaps the range's pages, frees page tables that no
    * area needs any more, and flushes the range (INVLPG per page up to the flush ceiling,
    * else a full flush). Returns 0 or -EINVAL.
@@ -929,6 +958,7 @@ export class GuestKernel {
         );
         return "crash";
       }
+      if (vma.deviceGfn >= 0) return this.#deviceFault(vma, va, l1e);
       return vma.shared
         ? this.#sharedFault(process, vma, va, l1e, write)
         : this.#anonymousFault(process, vma, l1e, write);
@@ -963,6 +993,20 @@ export class GuestKernel {
     }
     this.#counts[GUEST_FAULT_DEMAND_ZERO]++;
     return "demandZero";
+  }
+
+  // A device mapping's entry: the registers' frame, uncached (PCD | PWT), never executable.
+  #deviceFault(vma: Vma, va: number, l1e: number): string {
+    this.#setEntry(1, l1e, ...this.#deviceEntry(vma, va));
+    this.#counts[GUEST_FAULT_SHARED]++;
+    return "shared";
+  }
+
+  #deviceEntry(vma: Vma, va: number): [number, number] {
+    const gpa = (vma.deviceGfn + vma.pgoff + (va - vma.start) / PAGE_SIZE) * PAGE_SIZE;
+    const rw = (vma.prot & PROT_WRITE) !== 0 ? PTE_WRITABLE : 0;
+    const flags = PTE_PRESENT | PTE_USER | PTE_ACCESSED | PTE_PCD | PTE_PWT | rw;
+    return [pteLow(gpa, flags), pteHigh(gpa, true)];
   }
 
   // shmem_fault + do_set_pte: the object's page, created zeroed on first touch.
@@ -1231,7 +1275,8 @@ export class GuestKernel {
       const lo = old.lo;
       const target = Math.floor(pteAddress(lo, old.hi) / PAGE_SIZE);
       if ((lo & PTE_PRESENT) !== 0 || (lo & PTE_SOFT_PROTNONE) !== 0) {
-        if (target !== this.#zeroGfn) this.frames.put(target);
+        // Device frames (above RAM) and the zero page hold no reference.
+        if (target !== this.#zeroGfn && target < this.frames.frames) this.frames.put(target);
         if ((lo & PTE_PRESENT) !== 0) this.#gather(va, va + PAGE_SIZE);
       } else if ((lo & PTE_SOFT_SWAP) !== 0) {
         this.#putSlot(target);

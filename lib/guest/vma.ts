@@ -39,6 +39,7 @@ export class Vma {
     name: string,
     object: SharedObject | null = null,
     pgoff = 0,
+    deviceGfn = -1,
   ) {
     this.start = start;
     this.end = end;
@@ -46,17 +47,32 @@ export class Vma {
     this.name = name;
     this.object = object;
     this.pgoff = pgoff;
+    this.deviceGfn = deviceGfn;
   }
 
-  /** Whether the area is shared. */
+  /**
+   * For a mapping of device registers (Linux's VM_IO | VM_PFNMAP, as remap_pfn_range
+   * makes): the guest frame of page `pgoff` 0; -1 for memory.
+   */
+  readonly deviceGfn: number;
+
+  /** Whether the area is shared (an object, or device registers). */
   get shared(): boolean {
-    return this.object !== null;
+    return this.object !== null || this.deviceGfn >= 0;
   }
 
   /** A copy referencing the same object (for fork and splits). */
   clone(): Vma {
     if (this.object !== null) this.object.areas++;
-    return new Vma(this.start, this.end, this.prot, this.name, this.object, this.pgoff);
+    return new Vma(
+      this.start,
+      this.end,
+      this.prot,
+      this.name,
+      this.object,
+      this.pgoff,
+      this.deviceGfn,
+    );
   }
 
   /** `r-xp`-style protection, as /proc/PID/maps shows it. */

@@ -214,6 +214,11 @@ export class Lab {
     return this.#check(this.kernel.mmap(pid, length, prot, options), "mmap");
   }
 
+  /** Maps the device's registers (counter, scratch, UART) into `pid`; returns the address. */
+  mmapDevice(pid: number): number {
+    return this.#check(this.kernel.mmapDevice(pid), "mmapDevice");
+  }
+
   /** munmap. */
   munmap(pid: number, address: number, length: number): void {
     this.#check(this.kernel.munmap(pid, address, length), "munmap");

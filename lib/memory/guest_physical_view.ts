@@ -14,15 +14,8 @@
 
 import type { PhysicalMemory } from "../x86/physical_memory.ts";
 import type { MachineMemory } from "./machine_memory.ts";
+import type { MmioHandler } from "./mmio_device.ts";
 import type { P2m } from "./p2m.ts";
-
-/** An MMIO handler: reads return the value, writes return nothing. */
-export interface MmioHandler {
-  /** Reads `size` bytes at guest-physical `gpa`. */
-  read(gpa: number, size: number): number;
-  /** Writes `size` bytes of `value` at guest-physical `gpa`. */
-  write(gpa: number, size: number, value: number): void;
-}
 
 /**
  * Guest-physical memory over a P2M.

@@ -12,6 +12,7 @@
  */
 
 import type { PhysicalMemory } from "../x86/physical_memory.ts";
+import type { MmioHandler } from "./mmio_device.ts";
 import { declareCounter, Stats } from "../x86/stats.ts";
 import type { Mfn } from "./types.ts";
 
@@ -67,6 +68,9 @@ export class MachineMemory implements PhysicalMemory {
   readonly #frames: (Uint32Array | undefined)[];
   readonly #counts: Float64Array;
   #materialized = 0;
+  #io: MmioHandler | null = null;
+  #ioFirst = 0;
+  #ioEnd = 0;
 
   /** Memory of `options.frames` frames, none backed yet; throws a RangeError for a bad size. */
   constructor(options: MachineMemoryOptions) {
@@ -78,6 +82,23 @@ export class MachineMemory implements PhysicalMemory {
     this.stats = options.stats ?? new Stats();
     this.#counts = this.stats.counts;
     this.#frames = new Array(frames);
+  }
+
+  /**
+   * Places device `handler` at frames [first, first + frames), which must lie above
+   * installed memory (an MMIO hole, as a PC's PCI space): accesses there go to it.
+   */
+  attachIo(first: number, frames: number, handler: MmioHandler): void {
+    if (!Number.isInteger(first) || first < this.frameCount || !(frames >= 1)) {
+      throw new RangeError(
+        `Cannot attach a device at frame ${first}: must be above installed frames 0..${
+          this.frameCount - 1
+        }`,
+      );
+    }
+    this.#io = handler;
+    this.#ioFirst = first;
+    this.#ioEnd = first + frames;
   }
 
   /** Frames that have host storage. */
@@ -97,6 +118,7 @@ export class MachineMemory implements PhysicalMemory {
     const offset = pa & 0xfff;
     if ((offset & 3) === 0) {
       if (mfn >= this.frameCount || mfn < 0) {
+        if (this.#isIo(mfn)) return this.#io!.read(pa, 4) >>> 0;
         this.#counts[MEM_UNBACKED]++;
         return 0xffffffff;
       }
@@ -111,6 +133,7 @@ export class MachineMemory implements PhysicalMemory {
   /** Reads the 16-bit value at `pa`. */
   read16(pa: number): number {
     this.#counts[MEM_READ]++;
+    if (this.#isIo(Math.floor(pa / 4096))) return this.#io!.read(pa, 2) & 0xffff;
     this.#countUnbacked(pa, 2);
     return this.#byte(pa) | (this.#byte(pa + 1) << 8);
   }
@@ -118,6 +141,7 @@ export class MachineMemory implements PhysicalMemory {
   /** Reads the byte at `pa`. */
   read8(pa: number): number {
     this.#counts[MEM_READ]++;
+    if (this.#isIo(Math.floor(pa / 4096))) return this.#io!.read(pa, 1) & 0xff;
     this.#countUnbacked(pa, 1);
     return this.#byte(pa);
   }
@@ -125,6 +149,7 @@ export class MachineMemory implements PhysicalMemory {
   /** Writes the 32-bit `value` at `pa`. */
   write32(pa: number, value: number): void {
     this.#counts[MEM_WRITE]++;
+    if (this.#isIo(Math.floor(pa / 4096))) return this.#io!.write(pa, 4, value);
     this.#countUnbacked(pa, 4);
     const offset = pa & 0xfff;
     if ((offset & 3) === 0) {
@@ -138,6 +163,7 @@ export class MachineMemory implements PhysicalMemory {
   /** Writes the low 16 bits of `value` at `pa`. */
   write16(pa: number, value: number): void {
     this.#counts[MEM_WRITE]++;
+    if (this.#isIo(Math.floor(pa / 4096))) return this.#io!.write(pa, 2, value);
     this.#countUnbacked(pa, 2);
     this.#setByte(pa, value);
     this.#setByte(pa + 1, value >>> 8);
@@ -146,6 +172,7 @@ export class MachineMemory implements PhysicalMemory {
   /** Writes the low 8 bits of `value` at `pa`. */
   write8(pa: number, value: number): void {
     this.#counts[MEM_WRITE]++;
+    if (this.#isIo(Math.floor(pa / 4096))) return this.#io!.write(pa, 1, value);
     this.#countUnbacked(pa, 1);
     this.#setByte(pa, value);
   }
@@ -192,6 +219,10 @@ export class MachineMemory implements PhysicalMemory {
     if (!this.isValidMfn(mfn)) {
       throw new RangeError(`Cannot use mfn ${mfn}: installed frames are 0..${this.frameCount - 1}`);
     }
+  }
+
+  #isIo(mfn: number): boolean {
+    return this.#io !== null && mfn >= this.#ioFirst && mfn < this.#ioEnd;
   }
 
   // One count per access that touches any byte past installed memory.

@@ -8,5 +8,6 @@
 export * from "./frame_table.ts";
 export * from "./guest_physical_view.ts";
 export * from "./machine_memory.ts";
+export * from "./mmio_device.ts";
 export * from "./p2m.ts";
 export * from "./types.ts";

@@ -23,6 +23,7 @@ import {
 } from "../x86/interpreter.ts";
 import { declareCounter, type Stats } from "../x86/stats.ts";
 import type { Vcpu } from "../x86/vcpu.ts";
+import { CounterDevice } from "../memory/mmio_device.ts";
 import {
   type Platform,
   type PlatformName,
@@ -80,6 +81,10 @@ export abstract class BasePlatform implements Platform {
   readonly interpreter: Interpreter;
   /** Guest-physical memory in frames. */
   readonly guestFrames: number;
+  /** The guest's device. */
+  readonly device: CounterDevice;
+  /** The device's guest frame (just above guest RAM). */
+  readonly deviceGfn: number;
   /** The access being retried by {@link access}: its address, size, kind and value. */
   protected readonly request: {
     va: number;
@@ -101,6 +106,8 @@ export abstract class BasePlatform implements Platform {
     this.cpu = cpu;
     this.interpreter = interpreter;
     this.guestFrames = guestFrames;
+    this.device = new CounterDevice(stats);
+    this.deviceGfn = guestFrames;
   }
 
   abstract loadGuestPhysical32(gpa: number, value: number): void;

@@ -12,6 +12,7 @@
  * @module
  */
 
+import { ACCESS_WRITE } from "../x86/access.ts";
 import { PAGE_SIZE } from "../x86/address.ts";
 import { OP_INVLPG, OP_MOV_FROM_CR, OP_MOV_TO_CR } from "../x86/decode.ts";
 import { Interpreter } from "../x86/interpreter.ts";
@@ -49,6 +50,7 @@ import {
   ShadowFaultResult,
 } from "../shadow/shadow_fault.ts";
 import { invlpgGuest } from "../shadow/shadow_invlpg.ts";
+import { emulateMmio, mmioRead, mmioWrite } from "../shadow/emulate_mmio.ts";
 import { SHADOW_UNSHADOW_REUSED, ShadowMmu } from "../shadow/shadow_mmu.ts";
 import { BasePlatform, HANDLED_COMPLETE, HANDLED_RETRY } from "./base_platform.ts";
 import { enterLongMode, resetPagingControl } from "./native.ts";
@@ -149,7 +151,11 @@ export class HvmShadowPlatform extends BasePlatform {
       stats: new Stats(), // the hypervisor's allocator, not the guest's work
       scatterSeed: options.scatterSeed ?? 1,
     });
-    const p2m = P2m.populate(frameTable, asDomainId(1), options.frames, options.mmio ?? []);
+    // The device's frame sits right above RAM, as natively; it is MMIO in the P2M.
+    const p2m = P2m.populate(frameTable, asDomainId(1), options.frames + 1, [
+      { firstGfn: options.frames, frames: 1 },
+      ...(options.mmio ?? []),
+    ]);
     const vcpuOptions: { tlb?: TlbConfig } = {};
     if (options.tlb !== undefined) vcpuOptions.tlb = options.tlb;
     const cpu = new Vcpu(memory, resetPagingControl(), stats, vcpuOptions);
@@ -163,6 +169,7 @@ export class HvmShadowPlatform extends BasePlatform {
     this.frameTable = frameTable;
     this.p2m = p2m;
     this.mmu = new ShadowMmu(memory, frameTable, p2m, cpu, stats, { poolPages });
+    this.mmu.view.mmio = this.device; // the device model behind every MMIO exit
   }
 
   /** Stores into guest memory (through the P2M) before {@link start}. */
@@ -249,11 +256,26 @@ export class HvmShadowPlatform extends BasePlatform {
         }
         return HANDLED_RETRY;
       }
-      case SHADOW_MMIO:
+      case SHADOW_MMIO: {
         counts[EXIT_MMIO]++;
-        return this.crashWith(
-          `MMIO access at gpa ${result.gpa}: this platform has no device model attached`,
-        );
+        if (inInterpreter) {
+          const outcome = emulateMmio(mmu, this.interpreter);
+          if (outcome === EMULATE_DONE) return HANDLED_COMPLETE;
+          const f = mmu.emulator.cpu.exception;
+          if (outcome === EMULATE_FAULT) {
+            return this.deliverToGuest(false, f.vector, f.errorCode, f.cr2);
+          }
+          return this.crashWith(`an MMIO access at ${cr2} could not be emulated`);
+        }
+        const r = this.request;
+        if (r.kind === ACCESS_WRITE) mmioWrite(mmu, result.gpa, r.size, r.lo, r.hi);
+        else {
+          mmioRead(mmu, result.gpa, r.size);
+          this.cpu.data = mmu.emulator.cpu.data;
+          this.cpu.dataHi = mmu.emulator.cpu.dataHi;
+        }
+        return HANDLED_COMPLETE;
+      }
       default:
         return this.crashWith(result.reason);
     }

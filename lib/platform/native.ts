@@ -100,6 +100,7 @@ export class NativePlatform extends BasePlatform {
     const cpu = new Vcpu(memory, resetPagingControl(), stats, vcpuOptions);
     super(stats, cpu, new Interpreter(cpu), options.frames);
     this.memory = memory;
+    memory.attachIo(this.deviceGfn, 1, this.device); // the MMIO hole right above RAM
   }
 
   /** Stores into memory before {@link start}; RangeError outside memory or after start. */

@@ -16,6 +16,7 @@ import type { AccessKind } from "../x86/access.ts";
 import type { Interpreter } from "../x86/interpreter.ts";
 import type { Stats } from "../x86/stats.ts";
 import type { Vcpu } from "../x86/vcpu.ts";
+import type { CounterDevice } from "../memory/mmio_device.ts";
 
 /** The ways the lab runs the same guest. */
 export type PlatformName = "native" | "pv" | "hvm-shadow" | "hvm-hap";
@@ -67,6 +68,10 @@ export interface Platform {
   readonly guestFrames: number;
   /** Why the domain crashed; empty while it runs. */
   readonly crashReason: string;
+  /** The guest's memory-mapped device (a counter and a UART). */
+  readonly device: CounterDevice;
+  /** The guest frame of the device's registers: the first frame above guest RAM. */
+  readonly deviceGfn: number;
 
   /**
    * Stores `value` at guest-physical address `gpa` before the guest starts (the domain

@@ -6,6 +6,7 @@
  */
 
 export * from "./check_shadows.ts";
+export * from "./emulate_mmio.ts";
 export * from "./emulate_pt_write.ts";
 export * from "./shadow_cr3.ts";
 export * from "./shadow_fault.ts";

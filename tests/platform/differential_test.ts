@@ -135,6 +135,24 @@ const SCENARIOS: Record<string, { memoryMiB: number; pcid?: boolean; run: Scenar
       lab.waitAll();
     },
   },
+  "a device loop: MMIO counter, scratch and UART, across fork": {
+    memoryMiB: 8,
+    run(lab, values) {
+      const pid = lab.spawn();
+      const device = lab.mmapDevice(pid);
+      values.push(lab.touch(pid, { start: device, length: 4, count: 50 }).checksum);
+      lab.writeU32(pid, device + 4, 0xabcd);
+      for (const c of "ok") lab.writeU32(pid, device + 8, c.charCodeAt(0));
+      const child = lab.fork(pid);
+      values.push(lab.readU32(child, device), lab.readU32(child, device + 4));
+      values.push(lab.readU32(pid, device + 12));
+      values.push(lab.platform.device.output.length, lab.platform.device.counter);
+      lab.munmap(child, device, 4096);
+      values.push(lab.touch(child, { start: device, length: 4 }).accesses); // SIGSEGV now
+      lab.exit(pid);
+      lab.waitAll();
+    },
+  },
   "many short processes (a kernel-build-like mix)": {
     memoryMiB: 8,
     run(lab, values) {
