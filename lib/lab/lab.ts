@@ -55,6 +55,10 @@ export interface LabOptions {
   recordFaults?: boolean;
   /** hvm-shadow: shadow pool size in pages (default 4096). */
   shadowPoolPages?: number;
+  /** hvm-shadow: let written L1 tables go out of sync (default false: emulate every write). */
+  oos?: boolean;
+  /** hvm-shadow: out-of-sync tables at once (default 3). */
+  oosPages?: number;
 }
 
 /** How {@link Lab.touch} picks addresses. */
@@ -380,7 +384,11 @@ export function createLab(options: LabOptions = {}): Lab {
   let platform: Platform;
   if (name === "hvm-shadow") {
     if (options.shadowPoolPages !== undefined) platformOptions.poolPages = options.shadowPoolPages;
-    platform = new HvmShadowPlatform(platformOptions);
+    platform = new HvmShadowPlatform({
+      ...platformOptions,
+      ...(options.oos !== undefined ? { oos: options.oos } : {}),
+      ...(options.oosPages !== undefined ? { oosPages: options.oosPages } : {}),
+    });
   } else {
     platform = new NativePlatform(platformOptions);
   }

@@ -103,6 +103,10 @@ export interface HvmShadowOptions {
   scatterSeed?: number;
   /** MMIO ranges of guest frames. */
   mmio?: readonly MmioRange[];
+  /** Let written guest L1 tables go out of sync (Xen's OOS); default false. */
+  oos?: boolean;
+  /** Out-of-sync tables at once; default 3 (Xen's SHADOW_OOS_PAGES). */
+  oosPages?: number;
 }
 
 /**
@@ -168,7 +172,10 @@ export class HvmShadowPlatform extends BasePlatform {
     this.memory = memory;
     this.frameTable = frameTable;
     this.p2m = p2m;
-    this.mmu = new ShadowMmu(memory, frameTable, p2m, cpu, stats, { poolPages });
+    const mmuOptions: { poolPages: number; oos?: boolean; oosPages?: number } = { poolPages };
+    if (options.oos !== undefined) mmuOptions.oos = options.oos;
+    if (options.oosPages !== undefined) mmuOptions.oosPages = options.oosPages;
+    this.mmu = new ShadowMmu(memory, frameTable, p2m, cpu, stats, mmuOptions);
     this.mmu.view.mmio = this.device; // the device model behind every MMIO exit
   }
 

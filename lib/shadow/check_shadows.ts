@@ -7,6 +7,9 @@
  * 3. Write protection: no shadow leaf and no TLB entry maps a shadowed guest page table
  *    writable.
  *
+ * An out-of-sync L1 may differ from the guest's table until its resync (that is the
+ * point of it), so its entries and the writable mappings of it are not checked.
+ *
  * The guest walk here has no side effects (no A/D updates), unlike the fault path's.
  *
  * @module
@@ -62,6 +65,7 @@ function checkTree(
     const hi = memory.read32(slot + 4);
     const va = base + i * levelSpan(level);
     if (page.type === SH_L1 || page.type === SH_FL1) {
+      if (page.type === SH_L1 && mmu.isOutOfSync(page.gfn)) continue;
       checkLeaf(mmu, top, va, lo, hi, problems);
       continue;
     }
@@ -109,7 +113,7 @@ function checkLeaf(
         }`,
       );
     }
-    if (mmu.isShadowedTable(gfn)) {
+    if (mmu.isShadowedTable(gfn) && !mmu.isOutOfSync(gfn)) {
       problems.push(`shadow maps guest page table gfn ${formatHex(gfn)} writable at ${where}`);
     }
   }
@@ -153,7 +157,7 @@ function checkTlb(mmu: ShadowMmu, problems: string[]): void {
   for (let i = 0; i < tlb.tag.length; i++) {
     if (tlb.tag[i] === -1 || (tlb.flags[i]! & RIGHTS_WRITABLE) === 0) continue;
     const gfn = mmu.p2m.mfnToGfn(Math.floor(tlb.frame[i]! / PAGE_SIZE));
-    if (gfn >= 0 && mmu.isShadowedTable(gfn)) {
+    if (gfn >= 0 && mmu.isShadowedTable(gfn) && !mmu.isOutOfSync(gfn)) {
       problems.push(`TLB entry ${i} maps guest page table gfn ${formatHex(gfn)} writable`);
     }
   }

@@ -9,7 +9,7 @@
 
 import { PAGE_SIZE } from "../x86/address.ts";
 import { CR4_PCIDE } from "../x86/paging_control.ts";
-import type { ShadowMmu } from "./shadow_mmu.ts";
+import { OOS_RESYNC_CR3, type ShadowMmu } from "./shadow_mmu.ts";
 
 /** The guest's CR3 write was applied. */
 export const CR3_DONE = 0;
@@ -30,6 +30,7 @@ export function writeGuestCr3(mmu: ShadowMmu, value: number, noFlush: boolean): 
   ) {
     return CR3_GP;
   }
+  mmu.resyncAll(OOS_RESYNC_CR3); // sh_update_cr3 step 1: the guest expects a flushed view
   const gfn = Math.floor(value / PAGE_SIZE);
   const top = mmu.topLevel(gfn);
   if (top === null) return CR3_NO_MEMORY;

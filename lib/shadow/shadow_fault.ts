@@ -15,6 +15,7 @@ import { PTE_PRESENT, pteAddress } from "../x86/pte.ts";
 import { declareCounter } from "../x86/stats.ts";
 import { P2M_MMIO } from "../memory/p2m.ts";
 import {
+  OOS_RESYNC_FAULT,
   SH_FL1,
   SHADOW_MMIO_MARK_HI,
   SHADOW_UNSHADOW_USER,
@@ -94,6 +95,16 @@ export function handleShadowFault(
   }
   result.gpa = gpa;
   const gfn = Math.floor(gpa / PAGE_SIZE);
+  if (mmu.oosEnabled) {
+    // The walk used an out-of-sync frame as an upper-level table: resync it first (Xen's
+    // gw_remove_write_accesses). Met as the L1, only the faulting entry is fixed below,
+    // and the page stays out of sync (rule 2 of Xen's oos.c).
+    const trace = mmu.trace;
+    for (let level = 4; level > trace.lastLevel && level >= 2; level--) {
+      const table = Math.floor(trace.entryAddress[level]! / PAGE_SIZE);
+      if (mmu.isOutOfSync(table)) mmu.resync(table, OOS_RESYNC_FAULT);
+    }
+  }
   if (mmu.p2m.gfnToMfn(gfn) === P2M_MMIO) {
     if (!fill(mmu, cr2)) return crash(mmu, result);
     return SHADOW_MMIO;
@@ -102,8 +113,13 @@ export function handleShadowFault(
     result.reason = `the guest mapped ${cr2} to gfn ${gfn}, which has no memory`;
     return SHADOW_CRASH;
   }
-  if (!fill(mmu, cr2)) return crash(mmu, result);
-  if (kind === ACCESS_WRITE && mmu.isShadowedTable(gfn)) {
+  const write = kind === ACCESS_WRITE;
+  if (write && (errorCode & PFEC_USER) === 0 && mmu.canUnsync(gfn)) {
+    // A kernel write to a shadowed L1: let it go out of sync instead of emulating.
+    mmu.unsync(gfn);
+  }
+  if (!fill(mmu, cr2, write)) return crash(mmu, result);
+  if (write && mmu.isShadowedTable(gfn) && !mmu.isOutOfSync(gfn)) {
     if ((errorCode & PFEC_USER) !== 0) {
       // User-mode writes to page tables are not emulated: unshadow (Xen sh_page_fault).
       mmu.unshadow(gfn, SHADOW_UNSHADOW_USER);
@@ -125,7 +141,7 @@ function crash(mmu: ShadowMmu, result: ShadowFaultResult): number {
  * Builds the shadow path for `va` from the guest walk just done (`mmu.trace`):
  * shadow_get_and_create_l1e + l1e propagation. False when the pool is exhausted.
  */
-export function fill(mmu: ShadowMmu, va: number): boolean {
+export function fill(mmu: ShadowMmu, va: number, demandWrite = false): boolean {
   const trace = mmu.trace;
   const leafLevel = trace.lastLevel;
   let page: ShadowPage | null = mmu.current;
@@ -148,7 +164,15 @@ export function fill(mmu: ShadowMmu, va: number): boolean {
   }
   const glo = trace.entryLowAfter[leafLevel]!;
   const ghi = trace.entryHigh[leafLevel]!;
-  mmu.propagateLeaf(glo, ghi, leafLevel, leafLevel === 2 ? levelIndex(va, 1) : 0, scratch);
+  if (page.type !== SH_FL1) mmu.noteSnapshotEntry(page.gfn, levelIndex(va, 1), glo, ghi);
+  mmu.propagateLeaf(
+    glo,
+    ghi,
+    leafLevel,
+    leafLevel === 2 ? levelIndex(va, 1) : 0,
+    scratch,
+    demandWrite,
+  );
   mmu.setLeaf(page.smfn * PAGE_SIZE + levelIndex(va, 1) * 8, scratch[0]!, scratch[1]!);
   return true;
 }

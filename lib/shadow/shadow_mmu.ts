@@ -144,6 +144,75 @@ export const SHADOW_GUEST_WALK: number = declareCounter(
   "walks",
 );
 
+/** L1 guest tables made out of sync (writable, with a snapshot). */
+export const OOS_UNSYNC: number = declareCounter(
+  "oos.unsync",
+  "guest L1 tables let out of sync: snapshotted and made writable (sh_unsync)",
+  "pages",
+);
+/** Resyncs, all reasons. */
+export const OOS_RESYNC: number = declareCounter(
+  "oos.resync",
+  "out-of-sync tables brought back in sync by diffing against their snapshot",
+  "pages",
+);
+/** Resyncs at a guest CR3 write (a full TLB flush included). */
+export const OOS_RESYNC_CR3: number = declareCounter(
+  "oos.resync.cr3",
+  "resyncs at a guest CR3 write (a full TLB flush is one too)",
+  "pages",
+);
+/** Entries of an out-of-sync table refreshed at a guest INVLPG. */
+export const OOS_INVLPG_FIX: number = declareCounter(
+  "oos.invlpgFix",
+  "entries of an out-of-sync table refreshed at a guest INVLPG (the table stays out of sync)",
+  "entries",
+);
+/** Resyncs at a shadow fault whose guest walk used the page as an upper-level table. */
+export const OOS_RESYNC_FAULT: number = declareCounter(
+  "oos.resync.fault",
+  "resyncs at a shadow fault whose guest walk used the table above L1",
+  "pages",
+);
+/** Resyncs before shadowing the frame at another level. */
+export const OOS_RESYNC_PROMOTE: number = declareCounter(
+  "oos.resync.promote",
+  "resyncs before the frame is shadowed at another level",
+  "pages",
+);
+/** Resyncs of the oldest entry when the list is full. */
+export const OOS_RESYNC_EVICT: number = declareCounter(
+  "oos.resync.evict",
+  "resyncs of the oldest out-of-sync table to make room in the list",
+  "pages",
+);
+/** Out-of-sync entries evicted from a full list. */
+export const OOS_EVICT: number = declareCounter(
+  "oos.evict",
+  "out-of-sync tables evicted from the full list (each resynced)",
+  "pages",
+);
+/** Guest entries that differed from the snapshot at resync. */
+export const OOS_RESYNC_ENTRIES: number = declareCounter(
+  "oos.resyncEntriesChanged",
+  "guest entries found changed at resync and re-propagated",
+  "entries",
+);
+/** Bytes of snapshots held now. */
+export const OOS_SNAPSHOT_BYTES: number = declareCounter(
+  "oos.snapshotBytes",
+  "bytes of out-of-sync snapshots held (a level)",
+  "bytes",
+  "gauge",
+);
+/** The most snapshot bytes held at once. */
+export const OOS_SNAPSHOT_PEAK: number = declareCounter(
+  "oos.snapshotBytesPeak",
+  "the most bytes of out-of-sync snapshots held at once",
+  "bytes",
+  "gauge",
+);
+
 /** One shadow page. */
 export class ShadowPage {
   /** Its machine frame. */
@@ -171,6 +240,10 @@ export class ShadowPage {
 export interface ShadowMmuOptions {
   /** Most shadow pages at once (the pool); default 4096 (16 MiB). */
   poolPages?: number;
+  /** Let written L1 tables go out of sync instead of emulating every write; default false. */
+  oos?: boolean;
+  /** Out-of-sync tables at once (Xen's SHADOW_OOS_PAGES per vCPU); default 3. */
+  oosPages?: number;
 }
 
 /**
@@ -218,6 +291,12 @@ export class ShadowMmu {
   readonly pages: Map<number, ShadowPage> = new Map();
   /** Pool size in pages. */
   readonly poolPages: number;
+  /** Whether L1 tables may go out of sync. */
+  readonly oosEnabled: boolean;
+  /** Out-of-sync tables at once. */
+  readonly oosLimit: number;
+  // Out-of-sync guest L1 frames -> snapshot (1024 words), oldest first.
+  readonly #oos = new Map<number, Uint32Array>();
 
   readonly #byKey = new Map<number, ShadowPage>();
   // Table-type shadows per guest frame (bit per SH_L1..SH_L4): the frame is a shadowed GPT.
@@ -245,6 +324,8 @@ export class ShadowMmu {
     this.stats = stats;
     this.#counts = stats.counts;
     this.poolPages = options.poolPages ?? 4096;
+    this.oosEnabled = options.oos ?? false;
+    this.oosLimit = options.oosPages ?? 3;
     this.view = new GuestPhysicalView(memory, p2m);
     // The hypervisor's walks and emulation count into a scratch set: the hardware
     // counters (walk.*, tlb.*) stay the processor's own.
@@ -291,6 +372,10 @@ export class ShadowMmu {
   obtain(gfn: number, type: number): ShadowPage | null {
     const found = this.lookup(gfn, type);
     if (found !== undefined) return found;
+    // Shadowing an out-of-sync L1 at another level brings it back in sync first.
+    if (type !== SH_L1 && type !== SH_FL1 && this.#oos.has(gfn)) {
+      this.resync(gfn, OOS_RESYNC_PROMOTE);
+    }
     if (this.pages.size >= this.poolPages && !this.#evict()) return null;
     const smfn = this.frameTable.allocate(DOMID_XEN);
     if (smfn < 0) return null;
@@ -446,7 +531,14 @@ export class ShadowMmu {
    * entry is present and accessed; read-only when the guest's D is clear or the target is
    * a shadowed page table; MMIO targets get the reserved-bit mark. Result in `out`.
    */
-  propagateLeaf(glo: number, ghi: number, level: number, page: number, out: Uint32Array): void {
+  propagateLeaf(
+    glo: number,
+    ghi: number,
+    level: number,
+    page: number,
+    out: Uint32Array,
+    demandWrite = false,
+  ): void {
     out[0] = 0;
     out[1] = 0;
     if ((glo & PTE_PRESENT) === 0 || (glo & PTE_ACCESSED) === 0) return;
@@ -455,7 +547,12 @@ export class ShadowMmu {
     const gfn = base / PAGE_SIZE + page;
     const mfn = this.p2m.gfnToMfn(gfn);
     let flags = glo & (PTE_PRESENT | PTE_WRITABLE | PTE_USER | PTE_ACCESSED | PTE_DIRTY | 0x100);
-    if ((glo & PTE_DIRTY) === 0 || this.isShadowedTable(gfn)) flags &= ~PTE_WRITABLE;
+    // A shadowed page table stays read-only, unless it is out of sync and this is the
+    // guest's demand write (then it is written natively until its resync).
+    if (
+      (glo & PTE_DIRTY) === 0 ||
+      (this.isShadowedTable(gfn) && !(demandWrite && this.#oos.has(gfn)))
+    ) flags &= ~PTE_WRITABLE;
     const xd = (ghi & PTE_HI_XD) !== 0;
     if (mfn === P2M_MMIO) {
       // Present, reserved high bits, the gfn: any access faults with RSVD=1.
@@ -486,6 +583,7 @@ export class ShadowMmu {
       const slot = page.smfn * PAGE_SIZE + index * 8;
       this.#counts[SHADOW_VALIDATE]++;
       if (type === SH_L1) {
+        this.noteSnapshotEntry(gfn, index, glo, ghi);
         this.propagateLeaf(glo, ghi, 1, 0, this.#scratch);
         if (this.setLeaf(slot, this.#scratch[0]!, this.#scratch[1]!)) reduced = true;
         continue;
@@ -506,7 +604,10 @@ export class ShadowMmu {
   readonly #scratch = new Uint32Array(2);
 
   /** The shadow leaf entry address for `va` under top level `top`, or -1 (for INVLPG and checks). */
-  shadowLeafAddress(top: ShadowPage, va: number): { ma: number; type: number } | null {
+  shadowLeafAddress(
+    top: ShadowPage,
+    va: number,
+  ): { ma: number; type: number; gfn: number } | null {
     let page = top;
     for (let level = 4; level > 1; level--) {
       const slot = page.smfn * PAGE_SIZE + levelIndex(va, level) * 8;
@@ -516,7 +617,7 @@ export class ShadowMmu {
       if (child === undefined) return null;
       page = child;
     }
-    return { ma: page.smfn * PAGE_SIZE + levelIndex(va, 1) * 8, type: page.type };
+    return { ma: page.smfn * PAGE_SIZE + levelIndex(va, 1) * 8, type: page.type, gfn: page.gfn };
   }
 
   // Drops a page that lost a reference: destroyed when nothing points at it.
@@ -526,6 +627,7 @@ export class ShadowMmu {
 
   // sh_destroy_*_shadow: drop the references its entries hold, free the frame.
   #destroy(page: ShadowPage): void {
+    if (page.type === SH_L1 && this.#oos.delete(page.gfn)) this.#updateOosGauge();
     const memory = this.memory;
     const base = page.smfn * PAGE_SIZE;
     this.pages.delete(page.smfn);
@@ -567,6 +669,95 @@ export class ShadowMmu {
     const counts = this.#counts;
     counts[SHADOW_PAGES] = this.pages.size;
     if (this.pages.size > counts[SHADOW_PAGES_PEAK]!) counts[SHADOW_PAGES_PEAK] = this.pages.size;
+  }
+
+  /** Whether guest frame `gfn` is an out-of-sync L1 table. */
+  isOutOfSync(gfn: number): boolean {
+    return this.#oos.has(gfn);
+  }
+
+  /** The out-of-sync frames, oldest first. */
+  outOfSyncFrames(): number[] {
+    return [...this.#oos.keys()];
+  }
+
+  /**
+   * Whether a write to shadowed frame `gfn` may unsync it instead of being emulated: OOS
+   * is on, the frame is shadowed only as an L1 (Xen's rule: by exactly one shadow), and it
+   * is not out of sync already.
+   */
+  canUnsync(gfn: number): boolean {
+    return this.oosEnabled && this.tableTypesOf(gfn) === 1 << SH_L1 && !this.#oos.has(gfn);
+  }
+
+  /**
+   * sh_unsync: snapshots guest L1 `gfn` and marks it out of sync, so that the guest's
+   * demand write gets a writable shadow entry and later writes run without exits. A full
+   * list first resyncs its oldest entry.
+   */
+  unsync(gfn: number): void {
+    if (this.#oos.size >= this.oosLimit) {
+      const oldest = this.#oos.keys().next().value as number;
+      this.#counts[OOS_EVICT]++;
+      this.resync(oldest, OOS_RESYNC_EVICT);
+    }
+    const snapshot = new Uint32Array(PAGE_SIZE / 4);
+    const words = this.memory.frameWords(asMfn(this.p2m.gfnToMfn(gfn)));
+    if (words !== undefined) snapshot.set(words);
+    this.#oos.set(gfn, snapshot);
+    this.#counts[OOS_UNSYNC]++;
+    this.#updateOosGauge();
+  }
+
+  /**
+   * _sh_resync: write-protects `gfn` again everywhere, then re-propagates every guest
+   * entry that differs from the snapshot into the shadow, drops the snapshot, and flushes
+   * the TLB (always, as Xen). Counts `reasonCounter`. Nothing if `gfn` is in sync.
+   */
+  resync(gfn: number, reasonCounter: number): void {
+    const snapshot = this.#oos.get(gfn);
+    if (snapshot === undefined) return;
+    this.#oos.delete(gfn);
+    this.#updateOosGauge();
+    this.removeWriteAccess(gfn);
+    const base = this.p2m.gfnToMfn(gfn) * PAGE_SIZE;
+    const memory = this.memory;
+    let changed = 0;
+    for (let i = 0; i < 512; i++) {
+      const lo = memory.read32(base + i * 8);
+      const hi = memory.read32(base + i * 8 + 4);
+      if (lo === snapshot[2 * i] && hi === snapshot[2 * i + 1]) continue;
+      changed++;
+      this.validateEntry(gfn, i);
+    }
+    this.#counts[OOS_RESYNC_ENTRIES] += changed;
+    this.#counts[OOS_RESYNC]++;
+    this.#counts[reasonCounter]++;
+    this.flushTlb();
+  }
+
+  /** Resyncs every out-of-sync table (a guest CR3 write: sh_update_cr3 step 1). */
+  resyncAll(reasonCounter: number): void {
+    for (const gfn of [...this.#oos.keys()]) this.resync(gfn, reasonCounter);
+  }
+
+  /**
+   * Keeps an out-of-sync frame's snapshot equal to what its shadow reflects: called
+   * whenever the hypervisor itself propagates entry `index` of `gfn` (Xen does the same).
+   */
+  noteSnapshotEntry(gfn: number, index: number, lo: number, hi: number): void {
+    const snapshot = this.#oos.get(gfn);
+    if (snapshot === undefined) return;
+    snapshot[2 * index] = lo;
+    snapshot[2 * index + 1] = hi;
+  }
+
+  #updateOosGauge(): void {
+    const counts = this.#counts;
+    counts[OOS_SNAPSHOT_BYTES] = this.#oos.size * PAGE_SIZE;
+    if (counts[OOS_SNAPSHOT_BYTES]! > counts[OOS_SNAPSHOT_PEAK]!) {
+      counts[OOS_SNAPSHOT_PEAK] = counts[OOS_SNAPSHOT_BYTES]!;
+    }
   }
 
   /** Reads the guest's view of its entry for diagnostics (no side effects). */
