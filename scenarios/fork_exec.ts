@@ -33,6 +33,8 @@ export interface ForkExecOptions {
   memoryMiB?: number;
   /** Use PCIDs; default false. */
   pcid?: boolean;
+  /** hvm-shadow: let written L1 tables go out of sync; default false. */
+  oos?: boolean;
 }
 
 /** One counter of the report. */
@@ -70,6 +72,7 @@ const DEFAULTS: Required<ForkExecOptions> = {
   pages: 256,
   memoryMiB: 64,
   pcid: false,
+  oos: false,
 };
 
 /**
@@ -94,6 +97,7 @@ export function run(options: ForkExecOptions = {}): ForkExecReport {
     seed: o.seed,
     memoryMiB: o.memoryMiB,
     pcid: o.pcid,
+    oos: o.oos,
   });
   const heapBytes = o.pages * PAGE_SIZE;
   const parent = lab.spawn();
@@ -149,7 +153,7 @@ export function formatForkExecReport(report: ForkExecReport, color = false): str
   const lines = [
     bold(
       `fork-exec on ${o.platform}: ${o.iterations} iterations, parent heap ${o.pages} pages, ` +
-        `seed ${o.seed}${o.pcid ? ", PCIDs" : ""}`,
+        `seed ${o.seed}${o.pcid ? ", PCIDs" : ""}${o.oos ? ", out-of-sync L1s" : ""}`,
     ),
     "",
   ];
@@ -195,6 +199,7 @@ Options:
   --pages <n>         heap pages the parent touches first (default 256)
   --memory <MiB>      guest memory (default 64)
   --pcid              use PCIDs (CR4.PCIDE): context switches keep TLB entries
+  --oos               hvm-shadow: let written L1 tables go out of sync (else emulate each write)
   --json              print the report as JSON
   --help              print this help
 
@@ -209,6 +214,7 @@ const FLAGS = {
   pages: { type: "string" },
   memory: { type: "string" },
   pcid: { type: "boolean" },
+  oos: { type: "boolean" },
   json: { type: "boolean" },
   help: { type: "boolean" },
 } as const;
@@ -268,6 +274,7 @@ export function parseForkExecArgs(
   if (pages !== undefined) options.pages = pages;
   if (memoryMiB !== undefined) options.memoryMiB = memoryMiB;
   if (values.pcid) options.pcid = true;
+  if (values.oos) options.oos = true;
   return { json: values.json ?? false, options };
 }
 
