@@ -917,6 +917,7 @@ export class GuestKernel {
     }
     this.#counts[GUEST_FAULT]++;
     const kind = this.#resolveFault(process, errorCode, cr2);
+    this.platform.stats.trace?.(`guest.fault.${kind}`, cr2, errorCode);
     if (this.#recordFaults) this.faultLog.push({ pid: process.pid, cr2, errorCode, kind });
     return kind === "protection" || kind === "segv" || kind === "oom" ? TRAP_ABANDON : TRAP_RETRY;
   };
@@ -1052,9 +1053,13 @@ export class GuestKernel {
       this.#counts[GUEST_COW_REUSE]++;
       return "cow";
     }
-    // wp_page_copy: new page, ptep_clear_flush, set_pte, drop the old reference.
+    // wp_page_copy: new page, ptep_clear_flush, set_pte, drop the old reference. The old
+    // page is held (get_page) while the copy is allocated, so reclaim cannot take it.
     const epoch = this.#allocEpoch;
+    const pinned = gfn !== this.#zeroGfn;
+    if (pinned) this.frames.get(gfn);
     const copy = this.#allocate(FRAME_USE_USER);
+    if (pinned) this.frames.put(gfn);
     if (copy < 0) return this.#outOfMemory(process);
     if (epoch !== this.#allocEpoch) {
       // The allocation reclaimed memory, maybe this very page (it may be in swap now):
@@ -1116,8 +1121,10 @@ export class GuestKernel {
       this.frames.get(gfn);
     }
     const pa = gfn * PAGE_SIZE;
+    // Mapped young (A set), as a page just faulted in is on the active list: reclaim
+    // gives it a second chance instead of taking it straight back.
     const rw = write && !shared ? PTE_WRITABLE | PTE_DIRTY : 0;
-    this.#setEntry(1, l1e, pteLow(pa, PTE_PRESENT | PTE_USER | rw), pteHigh(pa, xd));
+    this.#setEntry(1, l1e, pteLow(pa, PTE_PRESENT | PTE_USER | PTE_ACCESSED | rw), pteHigh(pa, xd));
     this.#putSlot(slot);
     this.#counts[GUEST_FAULT_SWAP_IN]++;
     return "swapIn";

@@ -59,6 +59,11 @@ export interface LabOptions {
   oos?: boolean;
   /** hvm-shadow: out-of-sync tables at once (default 3). */
   oosPages?: number;
+  /**
+   * Run the platform's consistency checkers after every lab call (slow; for debugging and
+   * tests); a violation throws an Error naming the call and what was wrong.
+   */
+  check?: boolean;
 }
 
 /** How {@link Lab.touch} picks addresses. */
@@ -133,6 +138,8 @@ export class Lab {
   readonly seed: number;
   /** The lab's PRNG (every random choice of a scenario). */
   readonly prng: Prng;
+  /** Check the platform's invariants after every call (see {@link LabOptions.check}). */
+  checkEveryStep = false;
 
   /** A lab on `platform` with `kernel` (use {@link createLab}). */
   constructor(platform: Platform, kernel: GuestKernel, seed: number) {
@@ -168,22 +175,23 @@ export class Lab {
 
   /** A new process running `image` (default image); returns its pid. */
   spawn(image: ExecImage = DEFAULT_IMAGE): number {
-    return this.#pid(this.kernel.spawn(image), "spawn");
+    return this.#after("spawn", this.#pid(this.kernel.spawn(image), "spawn"));
   }
 
   /** fork; returns the child's pid. */
   fork(pid: number): number {
-    return this.#pid(this.kernel.fork(pid), "fork");
+    return this.#after("fork", this.#pid(this.kernel.fork(pid), "fork"));
   }
 
   /** exec of `image` in process `pid`. */
   exec(pid: number, image: ExecImage = DEFAULT_IMAGE): void {
-    this.#pid(this.kernel.exec(pid, image), "exec");
+    this.#after("exec", this.#pid(this.kernel.exec(pid, image), "exec"));
   }
 
   /** exit of process `pid` with `exitCode`. */
   exit(pid: number, exitCode = 0): void {
     this.kernel.exit(pid, exitCode);
+    this.#after("exit", 0);
   }
 
   /**
@@ -195,7 +203,7 @@ export class Lab {
     if (typeof result === "number") {
       throw new RangeError(`Cannot wait for process ${pid}: it is not a child of ${parentPid}`);
     }
-    return result;
+    return this.#after("wait", result);
   }
 
   /** Reaps every zombie child of `parentPid` (default the lab); returns them. */
@@ -215,49 +223,53 @@ export class Lab {
     prot: number,
     options: { shared?: boolean; fixed?: number } = {},
   ): number {
-    return this.#check(this.kernel.mmap(pid, length, prot, options), "mmap");
+    return this.#after("mmap", this.#check(this.kernel.mmap(pid, length, prot, options), "mmap"));
   }
 
   /** Maps the device's registers (counter, scratch, UART) into `pid`; returns the address. */
   mmapDevice(pid: number): number {
-    return this.#check(this.kernel.mmapDevice(pid), "mmapDevice");
+    return this.#after("mmapDevice", this.#check(this.kernel.mmapDevice(pid), "mmapDevice"));
   }
 
   /** munmap. */
   munmap(pid: number, address: number, length: number): void {
-    this.#check(this.kernel.munmap(pid, address, length), "munmap");
+    this.#after("munmap", this.#check(this.kernel.munmap(pid, address, length), "munmap"));
   }
 
   /** mprotect. */
   mprotect(pid: number, address: number, length: number, prot: number): void {
-    this.#check(this.kernel.mprotect(pid, address, length, prot), "mprotect");
+    this.#after(
+      "mprotect",
+      this.#check(this.kernel.mprotect(pid, address, length, prot), "mprotect"),
+    );
   }
 
   /** brk; returns the new break. */
   brk(pid: number, newEnd: number): number {
-    return this.kernel.brk(pid, newEnd);
+    return this.#after("brk", this.kernel.brk(pid, newEnd));
   }
 
   /** Switches to the next running process (the scheduler); returns its pid or 0. */
   yield(): number {
-    return this.kernel.schedule();
+    return this.#after("yield", this.kernel.schedule());
   }
 
   /** Reads a u32 of `pid` at `va`; throws a RangeError if the process is killed instead. */
   readU32(pid: number, va: number): number {
-    return this.kernel.readU32(pid, va);
+    return this.#after("readU32", this.kernel.readU32(pid, va));
   }
 
   /** Writes a u32 of `pid` at `va`; throws a RangeError if the process is killed instead. */
   writeU32(pid: number, va: number, value: number): void {
     this.kernel.writeU32(pid, va, value);
+    this.#after("writeU32", 0);
   }
 
   /** Reads a u64 (as a bigint: an edge of the API). */
   readU64(pid: number, va: number): bigint {
     this.#expect(this.kernel.access(pid, va, 8, ACCESS_READ), pid, va);
     const cpu = this.platform.cpu;
-    return (BigInt(cpu.dataHi) << 32n) | BigInt(cpu.data);
+    return this.#after("readU64", (BigInt(cpu.dataHi) << 32n) | BigInt(cpu.data));
   }
 
   /** Writes a u64 given as a bigint. */
@@ -265,6 +277,7 @@ export class Lab {
     const lo = Number(value & 0xffff_ffffn);
     const hi = Number((value >> 32n) & 0xffff_ffffn);
     this.#expect(this.kernel.access(pid, va, 8, ACCESS_WRITE, lo, hi), pid, va);
+    this.#after("writeU64", 0);
   }
 
   /**
@@ -318,16 +331,40 @@ export class Lab {
       const value = fixedValue ?? va >>> 0;
       const outcome = kernel.access(pid, va, 4, kind, value >>> 0, 0);
       if (outcome !== RUN_DONE) {
-        return { accesses: i, outcome: outcome === RUN_ABANDONED ? "killed" : "crashed", checksum };
+        return this.#after("touch", {
+          accesses: i,
+          outcome: outcome === RUN_ABANDONED ? "killed" : "crashed",
+          checksum,
+        });
       }
       if (kind !== ACCESS_WRITE) checksum = (checksum ^ cpu.data) >>> 0;
     }
-    return { accesses: count, outcome: "done", checksum };
+    return this.#after("touch", { accesses: count, outcome: "done", checksum });
+  }
+
+  /**
+   * Runs the platform's invariant checks now; throws an Error listing the violations
+   * (the lab's own bug, not the guest's) after `call`.
+   */
+  checkInvariants(call = "check"): void {
+    const problems = this.platform.checkInvariants?.() ?? [];
+    if (problems.length > 0) {
+      throw new Error(
+        `Consistency check failed after ${call} on ${this.platform.name}: ${
+          problems.slice(0, 5).join("; ")
+        }${problems.length > 5 ? ` (and ${problems.length - 5} more)` : ""}`,
+      );
+    }
   }
 
   /** Frames and swap slots in use. */
   usage(): KernelUsage {
     return this.kernel.usage();
+  }
+
+  #after<T>(call: string, value: T): T {
+    if (this.checkEveryStep) this.checkInvariants(call);
+    return value;
   }
 
   #pid(result: number, call: string): number {
@@ -402,5 +439,7 @@ export function createLab(options: LabOptions = {}): Lab {
   if (options.recordFaults !== undefined) kernelOptions.recordFaults = options.recordFaults;
   const kernel = new GuestKernel(platform, kernelOptions);
   kernel.boot();
-  return new Lab(platform, kernel, seed);
+  const lab = new Lab(platform, kernel, seed);
+  lab.checkEveryStep = options.check ?? false;
+  return lab;
 }

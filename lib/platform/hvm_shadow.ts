@@ -52,6 +52,7 @@ import {
 import { invlpgGuest } from "../shadow/shadow_invlpg.ts";
 import { emulateMmio, mmioRead, mmioWrite } from "../shadow/emulate_mmio.ts";
 import { SHADOW_UNSHADOW_REUSED, ShadowMmu } from "../shadow/shadow_mmu.ts";
+import { checkShadows } from "../shadow/check_shadows.ts";
 import { BasePlatform, HANDLED_COMPLETE, HANDLED_RETRY } from "./base_platform.ts";
 import { enterLongMode, resetPagingControl } from "./native.ts";
 import type { PlatformName } from "./platform.ts";
@@ -88,6 +89,15 @@ export const EXIT_MMIO: number = declareCounter(
   "VM exits for an access to an MMIO frame (emulated by the device model)",
   "exits",
 );
+
+// The event a traced #PF exit ended as, by handleShadowFault outcome.
+const SHADOW_OUTCOME_EVENTS = [
+  "fault.hidden",
+  "fault.genuine",
+  "emulate.ptWrite",
+  "exit.mmio",
+  "shadow.unshadow",
+];
 
 /** Options of {@link HvmShadowPlatform}. */
 export interface HvmShadowOptions {
@@ -239,9 +249,20 @@ export class HvmShadowPlatform extends BasePlatform {
     const mmu = this.mmu;
     const cr2 = e.cr2;
     const result = this.#fault;
-    switch (handleShadowFault(mmu, cr2, e.errorCode, result)) {
+    const trace = this.stats.trace;
+    const outcome = handleShadowFault(mmu, cr2, e.errorCode, result);
+    if (trace !== null) {
+      trace("exit.pf", cr2, e.errorCode);
+      trace(
+        SHADOW_OUTCOME_EVENTS[outcome] ?? "shadow.crash",
+        cr2,
+        outcome === SHADOW_GENUINE ? mmu.guestWalker.errorCode : result.gpa,
+      );
+    }
+    switch (outcome) {
       case SHADOW_FIXED:
       case SHADOW_UNSHADOWED:
+        resetEarlyUnshadow(mmu); // sh_reset_early_unshadow: a fault the hypervisor fixed
         return HANDLED_RETRY;
       case SHADOW_GENUINE:
         resetEarlyUnshadow(mmu);
@@ -295,9 +316,11 @@ export class HvmShadowPlatform extends BasePlatform {
     const counts = this.counts;
     const mmu = this.mmu;
     counts[EXIT_TOTAL]++;
+    const trace = this.stats.trace;
     if (d.op === OP_INVLPG) {
       counts[EXIT_INVLPG]++;
       const va = interpreter.operandAddress();
+      if (trace !== null) trace("exit.invlpg", va, "");
       if (va >= 0) invlpgGuest(mmu, va); // a non-canonical INVLPG is a NOP
       interpreter.skip();
       return HANDLED_COMPLETE;
@@ -306,6 +329,7 @@ export class HvmShadowPlatform extends BasePlatform {
       counts[EXIT_CR3]++;
       const lo = interpreter.regLo(d.rm);
       const hi = interpreter.regHi(d.rm);
+      if (trace !== null) trace("exit.cr3", (hi & 0xfffff) * 2 ** 32 + lo, "");
       const noFlush = (hi >>> 31) !== 0;
       if ((hi & 0x7ff00000) !== 0) return this.deliverToGuest(false, VECTOR_GP, 0, 0);
       const outcome = writeGuestCr3(mmu, (hi & 0xfffff) * 2 ** 32 + lo, noFlush);
@@ -318,6 +342,7 @@ export class HvmShadowPlatform extends BasePlatform {
     }
     if (d.op === OP_MOV_FROM_CR && d.crRegister === 3) {
       counts[EXIT_CR3_READ]++;
+      if (trace !== null) trace("exit.cr3Read", mmu.guestCtl.cr3, "");
       const cr3 = mmu.guestCtl.cr3;
       interpreter.setReg(d.rm, cr3 >>> 0, Math.floor(cr3 / 2 ** 32));
       interpreter.skip();
@@ -340,6 +365,11 @@ export class HvmShadowPlatform extends BasePlatform {
     return this.crashWith(
       `the guest wrote CR${d.crRegister}, which this hypervisor does not emulate`,
     );
+  }
+
+  /** Invariants 2 and 3 of DESIGN.md (see checkShadows). */
+  checkInvariants(): string[] {
+    return checkShadows(this.mmu);
   }
 
   #mfnOf(gfn: number): number {

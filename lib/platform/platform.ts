@@ -113,4 +113,9 @@ export interface Platform {
   execute(rip: number): number;
   /** Ends the domain: nothing runs after, and {@link crashReason} holds `reason`. */
   crash(reason: string): void;
+  /**
+   * Checks the platform's invariants (DESIGN.md 2-4: shadow soundness, write protection,
+   * PV safety) and returns what is violated; absent where there is nothing to check.
+   */
+  checkInvariants?(): string[];
 }

@@ -49,7 +49,7 @@ export const EMULATE_UNSHADOWED = 2;
 /** The frame of the last emulated zero write, for the early-unshadow heuristic. */
 const lastZeroWrite = new WeakMap<ShadowMmu, number>();
 
-/** Forgets the early-unshadow history (a genuine fault came in between, as in Xen). */
+/** Forgets the early-unshadow history (a real fault came in between, as in Xen). */
 export function resetEarlyUnshadow(mmu: ShadowMmu): void {
   lastZeroWrite.delete(mmu);
 }
@@ -94,6 +94,9 @@ export function emulatePtWrite(mmu: ShadowMmu, hardware: Interpreter, gfn: numbe
     } else {
       lastZeroWrite.set(mmu, wroteZeros);
     }
+  } else {
+    // Any other emulated write breaks the run of zero writes (Xen's sh_emulate_unmap_dest).
+    lastZeroWrite.delete(mmu);
   }
   return EMULATE_DONE;
 }
@@ -135,7 +138,8 @@ function revalidateWrites(mmu: ShadowMmu): number {
     const size = log[i + 1]!;
     const gfn = Math.floor(gpa / PAGE_SIZE);
     if (zeroFrame !== -1) {
-      const zero = mmu.view.read32(gpa) === 0 || size < 4;
+      // As Xen: a zero write stores at least 4 bytes of zeros (a shorter store is not one).
+      const zero = size >= 4 && mmu.view.read32(gpa) === 0;
       zeroFrame = zero && (zeroFrame === -2 || zeroFrame === gfn) && mmu.isShadowedTable(gfn)
         ? gfn
         : -1;

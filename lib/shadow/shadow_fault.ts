@@ -147,7 +147,9 @@ export function fill(mmu: ShadowMmu, va: number, demandWrite = false): boolean {
   let page: ShadowPage | null = mmu.current;
   if (page === null) return false;
   const scratch = FILL_SCRATCH;
-  for (let level = 4; level > leafLevel; level--) {
+  // Down to the L2 shadow; a 2 MiB guest leaf (leafLevel 2) links that L2 slot to the
+  // fake L1 of its splinters, a 4 KiB one (leafLevel 1) to the shadow of its guest L1.
+  for (let level = 4; level >= 2; level--) {
     const glo = trace.entryLowAfter[level]!;
     const ghi = trace.entryHigh[level]!;
     const slot = page.smfn * PAGE_SIZE + levelIndex(va, level) * 8;

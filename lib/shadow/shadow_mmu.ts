@@ -502,6 +502,7 @@ export class ShadowMmu {
       removed = true;
     }
     if (removed) {
+      this.stats.trace?.("shadow.unshadow", gfn, "");
       this.#counts[SHADOW_UNSHADOW]++;
       this.#counts[reasonCounter]++;
       this.flushTlb();
@@ -706,6 +707,7 @@ export class ShadowMmu {
     if (words !== undefined) snapshot.set(words);
     this.#oos.set(gfn, snapshot);
     this.#counts[OOS_UNSYNC]++;
+    this.stats.trace?.("oos.unsync", gfn, this.#oos.size);
     this.#updateOosGauge();
   }
 
@@ -731,6 +733,7 @@ export class ShadowMmu {
       this.validateEntry(gfn, i);
     }
     this.#counts[OOS_RESYNC_ENTRIES] += changed;
+    this.stats.trace?.("oos.resync", gfn, changed);
     this.#counts[OOS_RESYNC]++;
     this.#counts[reasonCounter]++;
     this.flushTlb();

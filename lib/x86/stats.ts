@@ -87,6 +87,12 @@ export function findCounter(name: string): CounterDefinition | undefined {
   return byName.get(name);
 }
 
+/**
+ * Receives a traced event: its name (a counter name, e.g. `exit.pf`), an address (a
+ * linear address, GPA or frame, as the event says) and a detail (an error code, a reason).
+ */
+export type TraceSink = (event: string, address: number, detail: number | string) => void;
+
 /** A frozen copy of every declared counter's value, keyed by name. */
 export type StatsSnapshot = Readonly<Record<string, number>>;
 
@@ -108,6 +114,12 @@ export type StatsSnapshot = Readonly<Record<string, number>>;
 export class Stats {
   /** Raw counts by slot index; increment `counts[INDEX]` on hot paths. */
   readonly counts: Float64Array = new Float64Array(MAX_COUNTERS);
+  /**
+   * Where events go when a run is traced (`--trace`), or null. Layers call it at their
+   * decisions (an exit, a hidden or genuine fault, an emulation, a resync, a hypercall)
+   * with the event's name, an address and a detail; never on the access hot path.
+   */
+  trace: TraceSink | null = null;
 
   /** The value of a counter by name; throws a RangeError for an undeclared name. */
   get(name: string): number {

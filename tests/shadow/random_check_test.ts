@@ -299,22 +299,10 @@ Deno.test("random steps with a 64-page shadow pool: top levels evicted, sound, o
 Deno.test({
   name:
     "random steps, seed 19: the guest kernel finishes without a livelock (native and hvm-shadow alike)",
-  // BUG in the guest kernel (lib/guest/kernel.ts; both platforms crash identically, so it
-  // is not the shadow code's): a write to a page that is in swap, in a slot still shared
-  // after fork, livelocks. #swapIn maps the page read-only from the swap cache (rw = 0 for
-  // a shared slot) and without A; the write retries and takes a write-protect fault;
-  // #writeProtectFault allocates the copy, the allocation reclaims (free frames are below
-  // the watermark), and #reclaimFrom swaps that very page out again at once (A is clear,
-  // and a swap-cache page costs no write); the epoch check in #writeProtectFault then
-  // returns "spurious" and the access faults as not present again: swapIn, spurious,
-  // swapIn, ... until the platform's retry limit.
-  // Input: compareWithNative({ seed: 19, steps: 250 }) of this file (4 MiB, watermark 400).
-  // Expected: the run completes (crashReason ""). Actual: at pid 26's stack page
-  // 0x7ffffffdf000 the fault log alternates [6 swapIn, 7 spurious] and the domain crashes
-  // with "livelock: the access at 0x00007ffffffdf000 still faults after 16 retries", on
-  // native and on hvm-shadow alike. (Linux maps a swapped-in page young, and a page being
-  // faulted in is locked, so reclaim cannot take it back in between.)
-  ignore: true,
+  // A write to a page in swap whose slot is still shared after fork: the swap-in maps it
+  // read-only and young, the write's copy-on-write fault holds the page while it
+  // allocates the copy, so reclaim cannot take the page back in between (as Linux's
+  // get_page in wp_page_copy). This seed once livelocked at 0x7ffffffdf000; fixed.
   fn() {
     compareWithNative({ seed: 19, steps: STEPS });
   },
