@@ -37,7 +37,7 @@ export interface CpuProfile {
 // Building blocks, each cited once.
 const P4 = {
   rt: 4340, // VM entry 2,409 + #PF exit 1,931 (Adams & Agesen 2006, Table 1) [P]
-  handler: 2900, // (pgfault_VT - native - RT) / 2 passes = 5,809 / 2 (calibration §7) [D]
+  handler: 2904.5, // (pgfault_VT - native - RT) / 2 passes = 5,809 / 2 (calibration §7) [D]
   ptemod: 12733, // ptemod VT, cycles (Adams & Agesen 2006, Fig. 4) [P]
   truePf: 10149, // pgfault VT - native = 11,242 - 1,093 (Adams & Agesen 2006) [D]
   nativePf: 1093, // pgfault native, minimal handler (Adams & Agesen 2006) [P]
@@ -201,7 +201,7 @@ export interface CycleEstimate {
  * import "../platform/hvm_shadow.ts"; // declares exit.* counters
  * import assert from "node:assert/strict";
  * const estimate = estimateCycles({ "exit.total": 2, "cpu.read": 10 }, "p4_2006");
- * assert.equal(estimate.total, 2 * (4340 + 2900) + 10);
+ * assert.equal(estimate.total, 2 * (4340 + 2904.5) + 10);
  * ```
  */
 export function estimateCycles(counts: StatsSnapshot, profileName: string): CycleEstimate {
