@@ -1,6 +1,7 @@
 /**
- * The hardware: address helpers, the PTE format, paging control registers, the page
- * walker, the TLB, the vCPU shell and the counter registry.
+ * The hardware: address helpers, the PTE and EPT formats, paging control registers, the
+ * page walker and the 2-D (nested paging) walker, the TLB, the vCPU shell and the counter
+ * registry.
  *
  * @module
  */
@@ -8,7 +9,9 @@
 export * from "./access.ts";
 export * from "./address.ts";
 export * from "./decode.ts";
+export * from "./ept.ts";
 export * from "./interpreter.ts";
+export * from "./nested_walk.ts";
 export * from "./page_walk.ts";
 export * from "./paging_control.ts";
 export * from "./physical_memory.ts";

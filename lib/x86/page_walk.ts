@@ -94,6 +94,46 @@ export class WalkTrace {
 }
 
 /**
+ * What the vCPU needs of a page walker: a `walk` that returns the physical address or -1,
+ * and the fields that describe the translation or the failure. {@link PageWalker} is the
+ * one-dimensional walker of native paging; the 2-D walker of nested paging
+ * (`NestedWalker`) implements the same shape, so a `Vcpu` runs on either.
+ *
+ * A failed walk is a #PF (`exitVector` 0, the error code in `errorCode`) or, for a walker
+ * that translates guest-physical addresses through EPT, a VM exit: `exitVector` is then
+ * the vCPU's pseudo-vector of the exit (`VECTOR_EPT_VIOLATION`, `VECTOR_EPT_MISCONFIG`),
+ * with the guest-physical address and exit qualification beside it.
+ */
+export interface TranslationWalker {
+  /** Physical base of the page after a successful walk. */
+  readonly pageBase: number;
+  /** Page size in bytes after a successful walk: 4 KiB, 2 MiB or 1 GiB. */
+  readonly pageSize: number;
+  /** Combined rights ({@link RIGHTS_WRITABLE} | {@link RIGHTS_USER} | {@link RIGHTS_XD}). */
+  readonly rights: number;
+  /** Protection key of the leaf. */
+  readonly pkey: number;
+  /** Whether the translation is global. */
+  readonly isGlobal: boolean;
+  /** Whether a write may use the translation without walking again (the leaf's D is set). */
+  readonly isDirty: boolean;
+  /** #PF error code after a failed walk with `exitVector` 0. */
+  readonly errorCode: number;
+  /** Level at which a #PF walk stopped (1..4). */
+  readonly faultLevel: number;
+  /** Paging-structure entries read by the last walk (both dimensions for a 2-D walk). */
+  readonly refs: number;
+  /** 0 when a failed walk is a #PF; otherwise the vector of the VM exit it raises. */
+  readonly exitVector: number;
+  /** Guest-physical address of the access that caused the exit. */
+  readonly exitGpa: number;
+  /** Exit qualification of the exit (EPT violations; 0 otherwise). */
+  readonly exitQualification: number;
+  /** Translates `va` for an access of `kind` under `ctl`; the physical address or -1. */
+  walk(ctl: PagingControl, va: number, kind: AccessKind, trace: WalkTrace | null): number;
+}
+
+/**
  * Walks IA-32e page tables in a {@link PhysicalMemory}.
  *
  * After {@link walk} succeeds, the fields `pageBase`, `pageSize`, `rights`, `pkey`,
@@ -123,7 +163,7 @@ export class WalkTrace {
  * assert.ok(memory.read32(0x4000 + 5 * 8) & PTE_DIRTY); // the walk set D
  * ```
  */
-export class PageWalker {
+export class PageWalker implements TranslationWalker {
   /** Physical base of the page after a successful walk. */
   pageBase = 0;
   /** Page size in bytes after a successful walk: 4 KiB, 2 MiB or 1 GiB. */
@@ -142,6 +182,12 @@ export class PageWalker {
   faultLevel = 0;
   /** Entries read by the last walk. */
   refs = 0;
+  /** Always 0: a one-dimensional walk fails only with a #PF. */
+  readonly exitVector = 0;
+  /** Always 0 (no VM exits). */
+  readonly exitGpa = 0;
+  /** Always 0 (no VM exits). */
+  readonly exitQualification = 0;
 
   readonly #memory: PhysicalMemory;
   readonly #counts: Float64Array;

@@ -152,6 +152,12 @@ export class Tlb {
    * the lookup of the frame on a hit.
    */
   readonly host: (Uint32Array | undefined)[];
+  /**
+   * Bumped by every invalidation (a #PF's, INVLPG, INVPCID, a CR3 flush, a full flush).
+   * Caches that the same operations must invalidate, such as a walker's paging-structure
+   * caches (SDM 4.10.4.1 lists them beside the TLB), compare it before use.
+   */
+  generation = 0;
   readonly #stamp: Float64Array;
   #clock = 0;
   readonly #counts: Float64Array;
@@ -303,6 +309,7 @@ export class Tlb {
    * for the page of `va` in the current PCID, and global ones.
    */
   invalidateForFault(va: number, pcid: number): void {
+    this.generation++;
     const before = this.#counts[TLB_INVALIDATED]!;
     this.#invalidateAddress(va, pcid, true);
     this.#counts[TLB_FLUSH_FAULT] += this.#counts[TLB_INVALIDATED]! - before;
@@ -313,6 +320,7 @@ export class Tlb {
    * `pcid`, and every global entry for it whatever its PCID (SDM Vol. 2, INVLPG; 4.10.4.1).
    */
   invlpg(va: number, pcid: number): void {
+    this.generation++;
     this.#counts[TLB_FLUSH_INVLPG]++;
     this.#invalidateAddress(va, pcid, true);
   }
@@ -323,6 +331,7 @@ export class Tlb {
    * type 3 every non-global entry. The caller has checked the operands (#GP cases).
    */
   invpcid(type: 0 | 1 | 2 | 3, pcid: number, va: number): void {
+    this.generation++;
     this.#counts[TLB_FLUSH_INVPCID]++;
     if (type === 0) this.#invalidateAddress(va, pcid, false);
     else if (type === 1) this.#invalidateWhere(pcid, false);
@@ -335,17 +344,20 @@ export class Tlb {
    * `pcid` (with PCIDE=0 every entry is PCID 0). SDM 4.10.4.1.
    */
   flushForCr3(pcid: number): void {
+    this.generation++;
     this.#counts[TLB_FLUSH_CR3]++;
     this.#invalidateWhere(pcid, false);
   }
 
   /** Removes every entry of `pcid`, global ones kept (`pcid` -2: every non-global entry). */
   flushNonGlobal(pcid: number): void {
+    this.generation++;
     this.#invalidateWhere(pcid, false);
   }
 
   /** Removes every entry, global ones included (a CR4.PGE toggle, for example). */
   flushAll(): void {
+    this.generation++;
     this.#counts[TLB_FLUSH_ALL]++;
     this.#invalidateWhere(-2, true);
   }

@@ -17,7 +17,7 @@ import {
   type AccessKind,
 } from "./access.ts";
 import { LINEAR_LIMIT, PAGE_SIZE, UPPER_HALF_START } from "./address.ts";
-import { PageWalker, type WalkTrace } from "./page_walk.ts";
+import { PageWalker, type TranslationWalker, type WalkTrace } from "./page_walk.ts";
 import {
   CR0_PE,
   CR0_PG,
@@ -45,6 +45,14 @@ export const VECTOR_GP = 13;
 export const VECTOR_PF = 14;
 /** #UD: invalid opcode (vector 6). */
 export const VECTOR_UD = 6;
+/**
+ * Not an IDT vector: a VM exit for an EPT violation (exit reason 48), raised by a walker
+ * that translates guest-physical addresses through EPT. It goes to the hypervisor, never
+ * to a guest handler; {@link PendingException} holds the GPA and the qualification.
+ */
+export const VECTOR_EPT_VIOLATION = 0x100;
+/** Not an IDT vector: a VM exit for an EPT misconfiguration (exit reason 49). */
+export const VECTOR_EPT_MISCONFIG = 0x101;
 
 /** Page faults raised by the vCPU. */
 export const CPU_PF: number = declareCounter("cpu.pf", "page faults raised by the vCPU", "faults");
@@ -73,14 +81,24 @@ export const CPU_CR3_WRITE: number = declareCounter(
   "writes",
 );
 
-/** The exception an access or instruction raised: vector, error code and CR2. */
+/**
+ * The exception an access or instruction raised: vector, error code and CR2; or the VM
+ * exit a nested walk raised (an EPT violation or misconfiguration), with the fields a VMCS
+ * reports for it. An exit leaves CR2 as it was: the guest sees no fault.
+ */
 export class PendingException {
-  /** Exception vector (14 #PF, 13 #GP, 6 #UD). */
+  /** Exception vector (14 #PF, 13 #GP, 6 #UD), or VECTOR_EPT_VIOLATION / _MISCONFIG. */
   vector = 0;
-  /** Error code (#PF: P, W/R, U/S, RSVD, I/D, PK bits; #GP: 0). */
+  /** Error code (#PF: P, W/R, U/S, RSVD, I/D, PK bits; #GP: 0; EPT exits: 0). */
   errorCode = 0;
   /** Faulting linear address (48-bit value) for #PF; unchanged otherwise. */
   cr2 = 0;
+  /** EPT exits: the guest-physical address of the access (VMCS guest-physical address). */
+  gpa = 0;
+  /** EPT violations: the exit qualification (SDM Table 28-7); 0 for a misconfiguration. */
+  qualification = 0;
+  /** EPT exits: the guest-linear address being translated (48-bit value). */
+  guestLinear = 0;
 }
 
 /** Construction options of a {@link Vcpu}. */
@@ -89,6 +107,12 @@ export interface VcpuOptions {
   tlb?: TlbConfig;
   /** Whether accesses consult the TLB at all (off: every access walks); default true. */
   tlbEnabled?: boolean;
+  /**
+   * The walker a TLB miss runs; default a {@link PageWalker} over the vCPU's memory. A
+   * nested-paging platform passes a 2-D walker whose failures may be VM exits; such a
+   * walker also translates accesses made with paging off (guest-physical = linear).
+   */
+  walker?: TranslationWalker;
 }
 
 /**
@@ -122,7 +146,7 @@ export class Vcpu {
   /** The TLB. */
   readonly tlb: Tlb;
   /** The page walker. */
-  readonly walker: PageWalker;
+  readonly walker: TranslationWalker;
   /** Physical memory. */
   readonly memory: PhysicalMemory;
   /** The run's counters. */
@@ -143,6 +167,8 @@ export class Vcpu {
   // yet: after the first write backs the frame, the entry adopts it.
   #fillIndex = -1;
   #fillPfn = -1;
+  // A walker was given: accesses with paging off go through it too (nested paging).
+  readonly #walksUnpaged: boolean;
 
   /** A vCPU over `memory` with control state `ctl`, counting into `stats`. */
   constructor(memory: PhysicalMemory, ctl: PagingControl, stats: Stats, options: VcpuOptions = {}) {
@@ -150,7 +176,8 @@ export class Vcpu {
     this.ctl = ctl;
     this.stats = stats;
     this.tlb = new Tlb(stats, options.tlb ?? DEFAULT_TLB_CONFIG);
-    this.walker = new PageWalker(memory, stats);
+    this.walker = options.walker ?? new PageWalker(memory, stats);
+    this.#walksUnpaged = options.walker !== undefined;
     this.tlbEnabled = options.tlbEnabled ?? true;
     this.#counts = stats.counts;
   }
@@ -192,10 +219,14 @@ export class Vcpu {
     const ctl = this.ctl;
     this.#host = undefined;
     this.#fillPfn = -1;
-    if (!ctl.isPaging) return va;
     const walker = this.walker;
+    if (!ctl.isPaging) {
+      if (!this.#walksUnpaged) return va;
+      const pa = walker.walk(ctl, va, kind, null); // EPT only; nothing to cache in the TLB
+      return pa >= 0 ? pa : this.#walkFailed(va);
+    }
     const pa = walker.walk(ctl, va, kind, null);
-    if (pa < 0) return this.#pageFault(va, walker.errorCode);
+    if (pa < 0) return this.#walkFailed(va);
     if (this.tlbEnabled) {
       // Lend the frame's storage only if it exists: a write that then faults on its
       // second page must not have backed the first (memory is backed on first write).
@@ -443,6 +474,19 @@ export class Vcpu {
     this.exception.vector = VECTOR_GP;
     this.exception.errorCode = 0;
     return false;
+  }
+
+  // A walk failed: a #PF, or a VM exit the walker raised (EPT violation / misconfiguration).
+  #walkFailed(va: number): -1 {
+    const walker = this.walker;
+    if (walker.exitVector === 0) return this.#pageFault(va, walker.errorCode);
+    const e = this.exception;
+    e.vector = walker.exitVector;
+    e.errorCode = 0;
+    e.gpa = walker.exitGpa;
+    e.qualification = walker.exitQualification;
+    e.guestLinear = va;
+    return -1;
   }
 
   #pageFault(va: number, errorCode: number): -1 {
