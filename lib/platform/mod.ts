@@ -1,10 +1,12 @@
 /**
- * Platforms: the ways the lab runs one guest: native, and HVM with shadow paging.
+ * Platforms: the ways the lab runs one guest: native, HVM with shadow paging, and HVM
+ * with hardware-assisted (EPT) paging.
  *
  * @module
  */
 
 export * from "./base_platform.ts";
+export * from "./hvm_hap.ts";
 export * from "./hvm_shadow.ts";
 export * from "./native.ts";
 export * from "./platform.ts";
