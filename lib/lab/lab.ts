@@ -256,17 +256,20 @@ export class Lab {
 
   /** Reads a u32 of `pid` at `va`; throws a RangeError if the process is killed instead. */
   readU32(pid: number, va: number): number {
+    checkAddress(va, 4);
     return this.#after("readU32", this.kernel.readU32(pid, va));
   }
 
   /** Writes a u32 of `pid` at `va`; throws a RangeError if the process is killed instead. */
   writeU32(pid: number, va: number, value: number): void {
+    checkAddress(va, 4);
     this.kernel.writeU32(pid, va, value);
     this.#after("writeU32", 0);
   }
 
   /** Reads a u64 (as a bigint: an edge of the API). */
   readU64(pid: number, va: number): bigint {
+    checkAddress(va, 8);
     this.#expect(this.kernel.access(pid, va, 8, ACCESS_READ), pid, va);
     const cpu = this.platform.cpu;
     return this.#after("readU64", (BigInt(cpu.dataHi) << 32n) | BigInt(cpu.data));
@@ -274,6 +277,7 @@ export class Lab {
 
   /** Writes a u64 given as a bigint. */
   writeU64(pid: number, va: number, value: bigint): void {
+    checkAddress(va, 8);
     const lo = Number(value & 0xffff_ffffn);
     const hi = Number((value >> 32n) & 0xffff_ffffn);
     this.#expect(this.kernel.access(pid, va, 8, ACCESS_WRITE, lo, hi), pid, va);
@@ -387,6 +391,16 @@ export class Lab {
         }`,
       );
     }
+  }
+}
+
+// A 48-bit linear address for an access of `size` bytes, or a RangeError that says so.
+function checkAddress(va: number, size: number): void {
+  if (!Number.isInteger(va) || va < 0 || va + size > LINEAR_LIMIT) {
+    throw new RangeError(
+      `Cannot access ${va}: addresses are integers 0..2^48-${size} (48-bit linear values; ` +
+        `write 0xdeadbeef >>> 0 for a 32-bit constant)`,
+    );
   }
 }
 

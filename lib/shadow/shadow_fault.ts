@@ -11,12 +11,13 @@
 import { ACCESS_FETCH, ACCESS_READ, ACCESS_WRITE } from "../x86/access.ts";
 import { levelIndex, PAGE_SIZE } from "../x86/address.ts";
 import { PFEC_FETCH, PFEC_RSVD, PFEC_USER, PFEC_WRITE } from "../x86/paging_control.ts";
-import { PTE_PRESENT, pteAddress } from "../x86/pte.ts";
+import { PTE_ACCESSED, PTE_DIRTY, PTE_PRESENT, PTE_WRITABLE, pteAddress } from "../x86/pte.ts";
 import { declareCounter } from "../x86/stats.ts";
 import { P2M_MMIO } from "../memory/p2m.ts";
 import {
   OOS_RESYNC_FAULT,
   SH_FL1,
+  SH_L1,
   SHADOW_MMIO_MARK_HI,
   SHADOW_UNSHADOW_USER,
   type ShadowMmu,
@@ -176,7 +177,51 @@ export function fill(mmu: ShadowMmu, va: number, demandWrite = false): boolean {
     demandWrite,
   );
   mmu.setLeaf(page.smfn * PAGE_SIZE + levelIndex(va, 1) * 8, scratch[0]!, scratch[1]!);
+  if (page.type === SH_L1) prefetch(mmu, page, levelIndex(va, 1));
   return true;
 }
+
+/** Entries a fault may prefetch after its own (Xen's PREFETCH_DISTANCE). */
+export const PREFETCH_DISTANCE = 32;
+
+/**
+ * sh_prefetch: fill the empty shadow entries that follow the one just filled, up to
+ * {@link PREFETCH_DISTANCE} and the end of the table, from the guest's L1; stop at the
+ * first shadow entry already there and at the first guest entry that would need an A/D
+ * fault anyway (present but not accessed, or writable but clean).
+ */
+function prefetch(mmu: ShadowMmu, page: ShadowPage, index: number): void {
+  const memory = mmu.memory;
+  const guestBase = mmu.p2m.gfnToMfn(page.gfn) * PAGE_SIZE;
+  if (guestBase < 0) return;
+  const shadowBase = page.smfn * PAGE_SIZE;
+  const end = Math.min(512, index + PREFETCH_DISTANCE);
+  const scratch = FILL_SCRATCH;
+  let fetched = 0;
+  for (let i = index + 1; i < end; i++) {
+    if (memory.read32(shadowBase + i * 8) !== 0 || memory.read32(shadowBase + i * 8 + 4) !== 0) {
+      break;
+    }
+    const glo = memory.read32(guestBase + i * 8);
+    const ghi = memory.read32(guestBase + i * 8 + 4);
+    if (
+      (glo & PTE_PRESENT) !== 0 &&
+      ((glo & PTE_ACCESSED) === 0 || ((glo & PTE_WRITABLE) !== 0 && (glo & PTE_DIRTY) === 0))
+    ) break;
+    if ((glo & PTE_PRESENT) === 0) continue;
+    mmu.noteSnapshotEntry(page.gfn, i, glo, ghi);
+    mmu.propagateLeaf(glo, ghi, 1, 0, scratch);
+    mmu.setLeaf(shadowBase + i * 8, scratch[0]!, scratch[1]!);
+    fetched++;
+  }
+  mmu.stats.counts[SHADOW_PREFETCH] += fetched;
+}
+
+/** Shadow entries filled ahead of a fault. */
+export const SHADOW_PREFETCH: number = declareCounter(
+  "shadow.prefetch",
+  "shadow entries filled ahead of a fault from the guest's L1 (sh_prefetch)",
+  "entries",
+);
 
 const FILL_SCRATCH = new Uint32Array(2);
