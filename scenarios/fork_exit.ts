@@ -11,7 +11,6 @@ import {
   scenarioMain,
   type ScenarioReport,
 } from "../lib/lab/scenario.ts";
-import { PROT_READ, PROT_WRITE } from "../lib/guest/layout.ts";
 
 /** The scenario. */
 export const forkExit = defineScenario({
@@ -34,10 +33,8 @@ export const forkExit = defineScenario({
     { name: "pages", description: "heap pages of the parent", default: 256, min: 1, max: 1 << 20 },
   ],
   setup(lab, knobs) {
-    const parent = lab.spawn();
-    const heap = lab.mmap(parent, knobs.pages! * 4096, PROT_READ | PROT_WRITE);
-    lab.touch(parent, { start: heap, length: knobs.pages! * 4096, kind: "write" });
-    return { parent, heap };
+    const { pid, heap } = lab.spawnWithHeap(knobs.pages!);
+    return { parent: pid, heap };
   },
   measured(lab, knobs, state) {
     const { parent, heap } = state as { parent: number; heap: number };

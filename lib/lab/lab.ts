@@ -14,6 +14,7 @@ import { Stats, type StatsSnapshot } from "../x86/stats.ts";
 import type { TlbConfig } from "../x86/tlb.ts";
 import { NativePlatform } from "../platform/native.ts";
 import { HvmShadowPlatform } from "../platform/hvm_shadow.ts";
+import { HvmHapPlatform } from "../platform/hvm_hap.ts";
 import {
   type Platform,
   PLATFORM_NAMES,
@@ -21,6 +22,7 @@ import {
   RUN_ABANDONED,
   RUN_DONE,
 } from "../platform/platform.ts";
+import { PROT_READ, PROT_WRITE } from "../guest/layout.ts";
 import {
   DEFAULT_IMAGE,
   type ExecImage,
@@ -31,7 +33,7 @@ import {
 } from "../guest/kernel.ts";
 
 /** Platforms this build can run. */
-export const AVAILABLE_PLATFORMS: readonly PlatformName[] = ["native", "hvm-shadow"];
+export const AVAILABLE_PLATFORMS: readonly PlatformName[] = ["native", "hvm-shadow", "hvm-hap"];
 
 /** Options of {@link createLab}. */
 export interface LabOptions {
@@ -55,6 +57,10 @@ export interface LabOptions {
   recordFaults?: boolean;
   /** hvm-shadow: shadow pool size in pages (default 4096). */
   shadowPoolPages?: number;
+  /** hvm-hap: paging-structure caches and nested TLB in the 2-D walk (default true). */
+  walkCaches?: boolean;
+  /** hvm-hap: flush the TLB at every VM exit and entry, as without VPID (default false). */
+  flushOnWorldSwitch?: boolean;
   /** hvm-shadow: let written L1 tables go out of sync (default false: emulate every write). */
   oos?: boolean;
   /** hvm-shadow: out-of-sync tables at once (default 3). */
@@ -361,6 +367,18 @@ export class Lab {
     }
   }
 
+  /**
+   * A new process with a private read-write heap of `pages` pages, every page written once
+   * (resident): the usual parent of a fork scenario. Returns its pid and the heap address.
+   */
+  spawnWithHeap(pages: number): { pid: number; heap: number } {
+    const pid = this.spawn();
+    const bytes = pages * PAGE_SIZE;
+    const heap = this.mmap(pid, bytes, PROT_READ | PROT_WRITE);
+    this.touch(pid, { start: heap, length: bytes, kind: "write" });
+    return { pid, heap };
+  }
+
   /** Frames and swap slots in use. */
   usage(): KernelUsage {
     return this.kernel.usage();
@@ -439,6 +457,15 @@ export function createLab(options: LabOptions = {}): Lab {
       ...platformOptions,
       ...(options.oos !== undefined ? { oos: options.oos } : {}),
       ...(options.oosPages !== undefined ? { oosPages: options.oosPages } : {}),
+    });
+  } else if (name === "hvm-hap") {
+    platform = new HvmHapPlatform({
+      frames,
+      ...(options.tlb !== undefined ? { tlb: options.tlb } : {}),
+      ...(options.walkCaches !== undefined ? { walkCaches: options.walkCaches } : {}),
+      ...(options.flushOnWorldSwitch !== undefined
+        ? { flushOnWorldSwitch: options.flushOnWorldSwitch }
+        : {}),
     });
   } else {
     platform = new NativePlatform(platformOptions);
