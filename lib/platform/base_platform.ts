@@ -40,6 +40,8 @@ export const TRAP_DELIVERED: number = declareCounter(
   "exceptions delivered to a guest handler",
   "exceptions",
 );
+/** VM exits of any reason, on every virtualized platform. */
+export const EXIT_TOTAL: number = declareCounter("exit.total", "VM exits, all reasons", "exits");
 /** Domains crashed. */
 export const DOMAIN_CRASH: number = declareCounter(
   "domain.crash",

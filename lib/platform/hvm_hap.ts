@@ -43,8 +43,7 @@ import { MachineMemory } from "../memory/machine_memory.ts";
 import { type MmioRange, P2m, P2M_MMIO } from "../memory/p2m.ts";
 import { asDomainId } from "../memory/types.ts";
 import { EMULATE_MMIO } from "../shadow/emulate_mmio.ts";
-import { BasePlatform, HANDLED_COMPLETE, HANDLED_RETRY } from "./base_platform.ts";
-import { EXIT_TOTAL } from "./hvm_shadow.ts";
+import { BasePlatform, EXIT_TOTAL, HANDLED_COMPLETE, HANDLED_RETRY } from "./base_platform.ts";
 import { enterLongMode, resetPagingControl } from "./native.ts";
 import type { PlatformName } from "./platform.ts";
 

@@ -53,12 +53,10 @@ import { invlpgGuest } from "../shadow/shadow_invlpg.ts";
 import { emulateMmio, mmioRead, mmioWrite } from "../shadow/emulate_mmio.ts";
 import { SHADOW_UNSHADOW_REUSED, ShadowMmu } from "../shadow/shadow_mmu.ts";
 import { checkShadows } from "../shadow/check_shadows.ts";
-import { BasePlatform, HANDLED_COMPLETE, HANDLED_RETRY } from "./base_platform.ts";
+import { BasePlatform, EXIT_TOTAL, HANDLED_COMPLETE, HANDLED_RETRY } from "./base_platform.ts";
 import { enterLongMode, resetPagingControl } from "./native.ts";
 import type { PlatformName } from "./platform.ts";
 
-/** VM exits of any reason. */
-export const EXIT_TOTAL: number = declareCounter("exit.total", "VM exits, all reasons", "exits");
 /** #PF exits. */
 export const EXIT_PF: number = declareCounter(
   "exit.pf",
