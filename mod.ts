@@ -49,6 +49,7 @@
 export * from "./lib/x86/mod.ts";
 export * from "./lib/memory/mod.ts";
 export * from "./lib/shadow/mod.ts";
+export * from "./hypercalls/mod.ts";
 export * from "./lib/platform/mod.ts";
 export * from "./lib/guest/mod.ts";
 export * from "./lib/lab/mod.ts";

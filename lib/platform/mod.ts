@@ -1,6 +1,6 @@
 /**
- * Platforms: the ways the lab runs one guest: native, HVM with shadow paging, and HVM
- * with hardware-assisted (EPT) paging.
+ * Platforms: the ways the lab runs one guest: native, paravirtualized (Xen PV), HVM with
+ * shadow paging, and HVM with hardware-assisted (EPT) paging.
  *
  * @module
  */
@@ -10,3 +10,4 @@ export * from "./hvm_hap.ts";
 export * from "./hvm_shadow.ts";
 export * from "./native.ts";
 export * from "./platform.ts";
+export * from "./pv.ts";
