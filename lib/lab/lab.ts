@@ -15,6 +15,7 @@ import type { TlbConfig } from "../x86/tlb.ts";
 import { NativePlatform } from "../platform/native.ts";
 import { HvmShadowPlatform } from "../platform/hvm_shadow.ts";
 import { HvmHapPlatform } from "../platform/hvm_hap.ts";
+import { PvPlatform } from "../platform/pv.ts";
 import {
   type Platform,
   PLATFORM_NAMES,
@@ -31,9 +32,15 @@ import {
   type KernelUsage,
   type WaitResult,
 } from "../guest/kernel.ts";
+import { PvPagingOps } from "../guest/pv_paging_ops.ts";
 
 /** Platforms this build can run. */
-export const AVAILABLE_PLATFORMS: readonly PlatformName[] = ["native", "hvm-shadow", "hvm-hap"];
+export const AVAILABLE_PLATFORMS: readonly PlatformName[] = [
+  "native",
+  "pv",
+  "hvm-shadow",
+  "hvm-hap",
+];
 
 /** Options of {@link createLab}. */
 export interface LabOptions {
@@ -467,10 +474,19 @@ export function createLab(options: LabOptions = {}): Lab {
         ? { flushOnWorldSwitch: options.flushOnWorldSwitch }
         : {}),
     });
+  } else if (name === "pv") {
+    platform = new PvPlatform({
+      frames,
+      ...(options.tlb !== undefined ? { tlb: options.tlb } : {}),
+    });
   } else {
     platform = new NativePlatform(platformOptions);
   }
   const kernelOptions: ConstructorParameters<typeof GuestKernel>[1] = {};
+  if (platform instanceof PvPlatform) {
+    const pv = platform;
+    kernelOptions.pagingOps = (code) => new PvPagingOps(code, pv);
+  }
   if (options.pcid !== undefined) kernelOptions.pcid = options.pcid;
   if (options.directMapPageSize !== undefined) {
     kernelOptions.directMapPageSize = options.directMapPageSize;
