@@ -215,11 +215,6 @@ export class PvPlatform extends BasePlatform {
     this.domain = new PvDomain(domainOptions);
   }
 
-  /** The hypercall argument registers, for callers that do not go through the vCPU's. */
-  get hypercallArgs(): HypercallArgs {
-    return this.#args;
-  }
-
   /**
    * The hypercall entry: the number in RAX, arguments in RDI, RSI, RDX, R10, R8 of the
    * vCPU's registers; the result goes to RAX and is returned (0, a count, or -errno).
