@@ -1276,6 +1276,8 @@ export class GuestKernel {
   // zap_pte_range: clear every entry of [start, end), dropping frame and slot references;
   // present entries join the gather range for the flush.
   #zapRange(mm: AddressSpace, start: number, end: number): void {
+    // zap_pte_range batches its clears in lazy MMU mode (a PV guest sends them together).
+    this.ops.enterLazy();
     this.#forEachLeaf(mm, start, end, (l1e, va) => {
       if (this.#entry.lo === 0 && this.#entry.hi === 0) return false;
       const old = this.#clearEntry(1, l1e);
@@ -1290,6 +1292,7 @@ export class GuestKernel {
       }
       return false;
     });
+    this.ops.leaveLazy();
   }
 
   #unmapRange(mm: AddressSpace, start: number, end: number): void {
@@ -1311,6 +1314,7 @@ export class GuestKernel {
   // change_pte_range for one area with its new protection; returns entries changed.
   #changeProtection(mm: AddressSpace, vma: Vma): number {
     let changed = 0;
+    this.ops.enterLazy(); // change_pte_range runs in lazy MMU mode too
     const prot = vma.prot;
     this.#forEachLeaf(mm, vma.start, vma.end, (l1e) => {
       const lo = this.#entry.lo;
@@ -1325,6 +1329,7 @@ export class GuestKernel {
       changed++;
       return false;
     });
+    this.ops.leaveLazy();
     return changed;
   }
 

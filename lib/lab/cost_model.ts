@@ -43,6 +43,9 @@ const P4 = {
   nativePf: 1093, // pgfault native, minimal handler (Adams & Agesen 2006) [P]
   nativeIo: 3209, // `in` port 0x80 natively (Adams & Agesen 2006) [P]
   io: 15826, // `in` port 0x80 under VT (Adams & Agesen 2006) — used for an MMIO exit [P]
+  // A PV transition (a bounced fault, or a hypercall with its handler): (2.73 - 1.42) us x
+  // 2.4 GHz / 2 transitions per demand fault (Barham 2003 Table 5 + text), on NetBurst [D].
+  pvTransition: 1570,
 };
 const NEHALEM = {
   rt: 1009, // Nehalem exit+entry round trip (Agesen et al., ATC 2012, Table 1) [P]
@@ -52,6 +55,7 @@ const NEHALEM = {
   nativePf: 1000, // [A] (calibration §7)
   nativeIo: 1000, // [A] an uncached register access on a 2009 machine
   io: 4000, // [A] RT + handler + device-model work
+  pvTransition: 1000, // [A] (calibration §7: pv.transition on a 2009 machine)
 };
 
 function hardwareCosts(era: { nativePf: number; nativeIo: number }): CostEntry[] {
@@ -89,6 +93,26 @@ function hardwareCosts(era: { nativePf: number; nativeIo: number }): CostEntry[]
       counter: "guest.fault",
       cycles: era.nativePf,
       source: "#PF + minimal handler round trip (Adams & Agesen 2006: 1,093 on the P4 672)",
+    },
+  ];
+}
+
+function pvCosts(era: typeof P4): CostEntry[] {
+  return [
+    {
+      counter: "hypercall.traps",
+      cycles: era.pvTransition,
+      source: "one PV transition per entry into Xen, a multicall being one (Barham 2003) [D]",
+    },
+    {
+      counter: "pv.bounce.pf",
+      cycles: era.pvTransition,
+      source: "a fault taken by Xen and bounced to the guest's handler: one transition [D]",
+    },
+    {
+      counter: "validate.entries",
+      cycles: 50,
+      source: "[A] checking one present entry (calibration §7: pv.pte_validate_per_entry [NF])",
     },
   ];
 }
@@ -156,12 +180,12 @@ export const CPU_PROFILES: readonly CpuProfile[] = [
   {
     name: "p4_2006",
     description: "Pentium 4 672, 3.8 GHz, first-generation VT-x (Adams & Agesen, ASPLOS 2006)",
-    costs: [...hardwareCosts(P4), ...hvmCosts(P4)],
+    costs: [...hardwareCosts(P4), ...hvmCosts(P4), ...pvCosts(P4)],
   },
   {
     name: "nehalem2009",
     description: "Nehalem, 2009: VT-x with EPT, ~1,000-cycle round trip (Agesen et al. 2012)",
-    costs: [...hardwareCosts(NEHALEM), ...hvmCosts(NEHALEM)],
+    costs: [...hardwareCosts(NEHALEM), ...hvmCosts(NEHALEM), ...pvCosts(NEHALEM)],
   },
 ];
 

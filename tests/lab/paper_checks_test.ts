@@ -6,11 +6,14 @@
  * (no file system, libc or scheduler work), which makes every virtualization overhead
  * relative to native larger than the papers' (see the README's cost model).
  *
- * Checks for platforms this build does not have are skipped by name.
+ * Checks for platforms this build does not have are skipped by name. C1's bands (PV fork
+ * 1.4-2.3x native ...) are not asserted: with the lab's cheaper native calls the PV ratios
+ * come out higher (4-5x on fork); their orderings against HVM-shadow (C4) and the structural
+ * counts (C2, C3) are.
  */
 
 import assert from "node:assert/strict";
-import { AVAILABLE_PLATFORMS, runComparison } from "../../lib/lab/mod.ts";
+import { AVAILABLE_PLATFORMS, createLab, runComparison } from "../../lib/lab/mod.ts";
 import { SCENARIOS } from "../../scenarios/compare.ts";
 
 const has = (platform: string) => (AVAILABLE_PLATFORMS as readonly string[]).includes(platform);
@@ -92,5 +95,45 @@ Deno.test({
     // Shadow tables are walked like native ones: a TLB miss costs the same 4 references.
     const ratio = table["gups"]!["hvm-shadow"]! / table["gups"]!["native"]!;
     assert.ok(ratio < 1.01, `shadow/native on gups: ${ratio}`);
+  },
+});
+
+Deno.test({
+  name: "C2 (Barham 2003): a PV demand fault takes exactly two transitions into Xen",
+  ignore: !has("pv"),
+  fn() {
+    // Pages 1..63 of an area whose leaf table page 0 created: each fault is one bounce
+    // (the fault) and one hypercall (the PTE install), nothing else.
+    const lab = createLab({ platform: "pv", memoryMiB: 16 });
+    const pid = lab.spawn();
+    const area = lab.mmap(pid, 64 * 4096, 3);
+    lab.writeU32(pid, area, 1);
+    const cost = lab.measure(() =>
+      lab.touch(pid, { start: area + 4096, length: 63 * 4096, kind: "write" })
+    );
+    assert.equal(cost["guest.fault"], 63);
+    assert.equal(cost["pv.bounce.pf"], 63);
+    assert.equal(cost["hypercall.traps"], 63);
+  },
+});
+
+Deno.test({
+  name: "C3 (Barham 2003): a PV context switch makes exactly one page-table-base hypercall",
+  ignore: !has("pv"),
+  fn() {
+    const lab = createLab({ platform: "pv", memoryMiB: 16 });
+    const a = lab.spawn();
+    const b = lab.spawn();
+    lab.touch(a, { start: 0x600000, length: 4 });
+    lab.touch(b, { start: 0x600000, length: 4 });
+    const cost = lab.measure(() => {
+      for (let i = 0; i < 10; i++) {
+        lab.kernel.switchTo(a);
+        lab.kernel.switchTo(b);
+      }
+    });
+    assert.equal(cost["guest.contextSwitch"], 20);
+    assert.equal(cost["hypercall.traps"], 20);
+    assert.equal(cost["hypercall.mmuext_op"], 20);
   },
 });
