@@ -58,6 +58,17 @@ const NEHALEM = {
   pvTransition: 1000, // [A] (calibration §7: pv.transition on a 2009 machine)
 };
 
+const SANDY_BRIDGE = {
+  rt: 784, // Sandy Bridge exit+entry round trip (Agesen et al., ATC 2012, Table 1) [P]
+  handler: 1500, // as Nehalem (Turtles 2010); no newer published figure [A]
+  ptemod: 2297, // 2.93 x RT, the P4 ratio carried over [D]
+  truePf: 1835, // 2.34 x RT [D]
+  nativePf: 1000, // [A]
+  nativeIo: 1000, // [A]
+  io: 4000, // [A]
+  pvTransition: 1000, // [A]
+};
+
 function hardwareCosts(era: { nativePf: number; nativeIo: number }): CostEntry[] {
   return [
     {
@@ -174,7 +185,9 @@ function hvmCosts(era: typeof P4): CostEntry[] {
 
 /**
  * The profiles. `p4_2006` is the VT-x generation Adams & Agesen measured (shadow paging
- * without hardware MMU support); `nehalem2009` is the first EPT generation.
+ * without hardware MMU support); `nehalem2009` is the first EPT generation;
+ * `sandybridge2011` the latest round trip the calibration data has (later generations: not
+ * found).
  */
 export const CPU_PROFILES: readonly CpuProfile[] = [
   {
@@ -186,6 +199,12 @@ export const CPU_PROFILES: readonly CpuProfile[] = [
     name: "nehalem2009",
     description: "Nehalem, 2009: VT-x with EPT, ~1,000-cycle round trip (Agesen et al. 2012)",
     costs: [...hardwareCosts(NEHALEM), ...hvmCosts(NEHALEM), ...pvCosts(NEHALEM)],
+  },
+  {
+    name: "sandybridge2011",
+    description:
+      "Sandy Bridge, 2011: the fastest round trip published (784 cycles, Agesen et al. 2012)",
+    costs: [...hardwareCosts(SANDY_BRIDGE), ...hvmCosts(SANDY_BRIDGE), ...pvCosts(SANDY_BRIDGE)],
   },
 ];
 

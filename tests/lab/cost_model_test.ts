@@ -39,5 +39,8 @@ Deno.test("estimateCycles(): unpriced counters cost nothing; parts add up; bad p
   assert.deepEqual(estimate.parts.map((p) => p.counter), ["cpu.read", "walk.refs"]);
   assert.equal(estimate.total, estimate.parts.reduce((sum, p) => sum + p.cycles, 0));
   assert.equal(estimate.total, 10 + 4 * 20);
-  assert.throws(() => cpuProfile("pentium"), /valid profiles are p4_2006, nehalem2009/);
+  assert.throws(
+    () => cpuProfile("pentium"),
+    /valid profiles are p4_2006, nehalem2009, sandybridge2011/,
+  );
 });
