@@ -9,7 +9,7 @@
  * @module
  */
 
-import { ACCESS_WRITE, type AccessKind } from "../x86/access.ts";
+import { ACCESS_READ, ACCESS_WRITE, type AccessKind } from "../x86/access.ts";
 import { formatLinear } from "../x86/address.ts";
 import { formatInstruction } from "../x86/decode.ts";
 import {
@@ -163,7 +163,14 @@ export abstract class BasePlatform implements Platform {
     const cpl = user ? 3 : 0;
     for (let attempt = 0;; attempt++) {
       cpu.ctl.cpl = cpl;
-      const ok = kind === ACCESS_WRITE ? cpu.write(va, size, lo, hi) : cpu.read(va, size, kind);
+      // 4-byte data accesses take the vCPU's fast paths (a TLB hit without a call).
+      const ok = size === 4 && kind === ACCESS_READ
+        ? cpu.read32(va)
+        : size === 4 && kind === ACCESS_WRITE
+        ? cpu.write32(va, lo)
+        : kind === ACCESS_WRITE
+        ? cpu.write(va, size, lo, hi)
+        : cpu.read(va, size, kind);
       if (ok) return RUN_DONE;
       if (attempt === MAX_FAULT_RETRIES) {
         return this.crashWith(
