@@ -18,10 +18,18 @@
  * 64-bit wraparound on those halves; no BigInt and nothing allocated per instruction.
  * Only 64-bit mode is modelled (Intel SDM Vol. 1 3.3.7, Vol. 2).
  *
+ * With {@link Interpreter.systemInstructions} set, the interpreter is also the processor's
+ * system side for CPU virtualization (issue 9): event delivery through a 64-bit IDT with
+ * the double-fault rules ({@link Interpreter.deliverEvent}, SDM Vol. 3A 6.12, 6.14, 6.15),
+ * external interrupts gated by RFLAGS.IF, and INT n / INT3 / IRETQ / SYSCALL / SYSRETQ /
+ * PUSHF / POPF / IN / OUT / LGDT / LIDT / SGDT / SIDT with their privilege rules, including
+ * the ones that do not trap at CPL 3 (POPF silently keeping IF, SIDT revealing the real
+ * IDTR): the reasons classic x86 was not trap-and-emulate virtualizable.
+ *
  * @module
  */
 
-import { ACCESS_FETCH, ACCESS_READ, ACCESS_WRITE } from "./access.ts";
+import { ACCESS_FETCH, ACCESS_IMPLICIT_READ, ACCESS_READ, ACCESS_WRITE } from "./access.ts";
 import {
   canonicalToLinear,
   LINEAR_LIMIT,
@@ -32,6 +40,7 @@ import {
 import {
   DecodedInstruction,
   decodeInstruction,
+  FORM_IMM,
   FORM_REG_IMM,
   FORM_REG_RM,
   FORM_RM_IMM,
@@ -46,8 +55,12 @@ import {
   OP_CMPXCHG16B,
   OP_CMPXCHG8B,
   OP_HLT,
+  OP_IN,
+  OP_INT,
+  OP_INT3,
   OP_INVLPG,
   OP_INVPCID,
+  OP_IRET,
   OP_JMP,
   OP_LGDT,
   OP_LIDT,
@@ -57,17 +70,35 @@ import {
   OP_MOVS,
   OP_NOP,
   OP_OR,
+  OP_OUT,
+  OP_POPF,
+  OP_PUSHF,
   OP_RET,
+  OP_SGDT,
+  OP_SIDT,
   OP_STI,
   OP_STOS,
   OP_SUB,
+  OP_SYSCALL,
+  OP_SYSRET,
   OP_WBINVD,
   OP_XCHG,
 } from "./decode.ts";
 import { WALK_COUNT } from "./page_walk.ts";
+import type { PortBus } from "./port_bus.ts";
 import { declareCounter } from "./stats.ts";
 import { TLB_HIT } from "./tlb.ts";
-import { CPU_FETCH, CPU_READ, CPU_WRITE, type Vcpu, VECTOR_UD } from "./vcpu.ts";
+import {
+  CPU_FETCH,
+  CPU_GP,
+  CPU_READ,
+  CPU_WRITE,
+  type Vcpu,
+  VECTOR_EPT_VIOLATION,
+  VECTOR_GP,
+  VECTOR_PF,
+  VECTOR_UD,
+} from "./vcpu.ts";
 
 /**
  * step(): the instruction retired and RIP advanced; or a REP string instruction paused
@@ -83,7 +114,7 @@ export const STEP_OK = 0;
 export const STEP_FAULT = 1;
 /** step(): RET with no interpreter-made CALL frame: the routine returned; RIP is at the RET. */
 export const STEP_RETURN = 2;
-/** step(): HLT executed (RIP advanced past it). */
+/** step(): HLT executed (RIP advanced past it). A pending interrupt wakes it at the next step(). */
 export const STEP_HALT = 3;
 /**
  * step(): `intercepts[op]` was set; nothing executed, `decoded` holds the instruction and
@@ -91,15 +122,46 @@ export const STEP_HALT = 3;
  */
 export const STEP_INTERCEPT = 4;
 /**
- * step(): decoded fine but not executed by this interpreter (IN/OUT, SYSCALL, IRET, LGDT,
- * PUSHF, ...); nothing executed, RIP unchanged, `decoded` holds it.
+ * step(): decoded fine but not executed by this interpreter (with
+ * {@link Interpreter.systemInstructions} off: IN/OUT, SYSCALL, IRET, LGDT, PUSHF, ...; with
+ * it on: WBINVD, IRET with a 16-bit operand, SYSRET to compatibility mode); nothing
+ * executed, RIP unchanged, `decoded` holds it.
  */
 export const STEP_UNSUPPORTED = 5;
 /** run() / resume(): stopped after `maxSteps` steps without finishing. */
 export const STEP_LIMIT = 6;
+/**
+ * step() / deliverEvent(): a fault while delivering a double fault; the processor shuts
+ * down (SDM Vol. 3A 6.15, interrupt 8). Registers, RIP and CPL are as before the failed
+ * #DF delivery; `cpu.exception` holds the last fault.
+ */
+export const STEP_TRIPLE_FAULT = 7;
+
+/** #BP: breakpoint (vector 3), raised by INT3. */
+export const VECTOR_BP = 3;
+/** #DF: double fault (vector 8, error code 0). */
+export const VECTOR_DF = 8;
+/** #NP: segment (here: IDT gate) not present (vector 11). */
+export const VECTOR_NP = 11;
 
 /** #SS: stack fault (vector 12), raised for a non-canonical stack address (SDM 3.3.7.1). */
 export const VECTOR_SS = 12;
+
+/** Kernel code selector (GDT entry 1, RPL 0), as Linux's __KERNEL_CS. */
+export const KERNEL_CS = 0x08;
+/** Kernel stack selector (GDT entry 2, RPL 0), as Linux's __KERNEL_DS. */
+export const KERNEL_SS = 0x10;
+/** User 64-bit code selector (GDT entry 6, RPL 3), as Linux's __USER_CS. */
+export const USER_CS = 0x33;
+/** User stack selector (GDT entry 5, RPL 3), as Linux's __USER_DS. */
+export const USER_SS = 0x2b;
+
+/** RFLAGS.IF (bit 9): maskable external interrupts enabled. */
+export const RFLAGS_IF = 0x200;
+/** RFLAGS.IOPL (bits 13:12): the least privileged CPL allowed CLI/STI/IN/OUT. */
+export const RFLAGS_IOPL = 0x3000;
+/** CR4.UMIP (bit 11): SGDT/SIDT (and SLDT, SMSW, STR) #GP at CPL > 0. */
+export const CR4_UMIP = 0x800;
 
 /** Instructions retired. */
 export const CPU_INSTRUCTIONS: number = declareCounter(
@@ -114,6 +176,51 @@ export const CPU_SS: number = declareCounter(
   "cpu.ss",
   "#SS raised by the interpreter (non-canonical stack address)",
   "faults",
+);
+/** External interrupts delivered through the IDT (raiseInterrupt, then IF = 1). */
+export const CPU_INTERRUPTS: number = declareCounter(
+  "cpu.interrupts",
+  "external interrupts delivered through the IDT",
+  "events",
+);
+/**
+ * Exceptions delivered through the IDT: deliverEvent() calls, and the faults (#GP, #NP,
+ * #SS, #PF, #DF) that replaced an event whose delivery faulted.
+ */
+export const CPU_EXCEPTIONS_DELIVERED: number = declareCounter(
+  "cpu.exceptionsDelivered",
+  "exceptions delivered through the IDT (including faults that replaced a failed delivery)",
+  "events",
+);
+/** INT n and INT3 that entered their handler. */
+export const CPU_SOFTWARE_INTERRUPTS: number = declareCounter(
+  "cpu.softwareInterrupts",
+  "INT n / INT3 delivered through the IDT",
+  "events",
+);
+/** Double faults raised (a contributory or page fault while delivering another). */
+export const CPU_DOUBLE_FAULTS: number = declareCounter(
+  "cpu.doubleFaults",
+  "#DF raised: a fault while delivering a contributory exception or a page fault",
+  "faults",
+);
+/** Triple faults (shutdown): a fault while delivering #DF. */
+export const CPU_TRIPLE_FAULTS: number = declareCounter(
+  "cpu.tripleFaults",
+  "triple faults: a fault while delivering #DF",
+  "faults",
+);
+/** SYSCALL executed. */
+export const CPU_SYSCALLS: number = declareCounter(
+  "cpu.syscalls",
+  "SYSCALL executed",
+  "instructions",
+);
+/** IN and OUT executed. */
+export const CPU_PORT_IO: number = declareCounter(
+  "cpu.portIo",
+  "IN / OUT executed",
+  "instructions",
 );
 
 /**
@@ -133,16 +240,42 @@ const RFLAGS_PF = 0x4;
 const RFLAGS_AF = 0x10;
 const RFLAGS_ZF = 0x40;
 const RFLAGS_SF = 0x80;
-const RFLAGS_IF = 0x200;
+const RFLAGS_TF = 0x100;
 const RFLAGS_DF = 0x400;
 const RFLAGS_OF = 0x800;
+const RFLAGS_NT = 0x4000;
+const RFLAGS_RF = 0x10000;
+const RFLAGS_VM = 0x20000;
+const RFLAGS_AC = 0x40000;
+const RFLAGS_VIF = 0x80000;
+const RFLAGS_VIP = 0x100000;
+const RFLAGS_ID = 0x200000;
 /** The status flags ADD/SUB/AND/OR/CMPXCHG write. */
 const RFLAGS_ARITH = RFLAGS_CF | RFLAGS_PF | RFLAGS_AF | RFLAGS_ZF | RFLAGS_SF | RFLAGS_OF;
+/**
+ * The flags POPF and IRET load at any CPL (SDM Vol. 2 POPF and IRET, "Operation"). IF
+ * needs CPL <= IOPL; IOPL (and for IRET VIF/VIP) needs CPL 0; VM and the reserved bits
+ * are never loaded (bit 1 stays 1).
+ */
+const RFLAGS_ALWAYS_LOADED = RFLAGS_ARITH | RFLAGS_TF | RFLAGS_DF | RFLAGS_NT | RFLAGS_AC |
+  RFLAGS_ID;
+/** SYSRET: RFLAGS <- (R11 & 0x3C7FD7) | 2 (clears RF, VM and the reserved bits). */
+const SYSRET_RFLAGS_MASK = 0x3c7fd7;
+/** PUSHF pushes RFLAGS with VM and RF cleared (SDM Vol. 2 PUSHF: AND 0x00FCFFFF). */
+const PUSHF_MASK = 0x00fcffff;
+
+/** PRIVILEGED rule: #GP(0) at CPL > 0. */
+const RULE_CPL0 = 1;
+/** PRIVILEGED rule: #GP(0) at CPL > IOPL (CLI, STI, IN, OUT; no TSS I/O bitmap). */
+const RULE_IOPL = 2;
+/** PRIVILEGED rule: #GP(0) at CPL > 0 when CR4.UMIP is set (SGDT, SIDT). */
+const RULE_UMIP = 3;
 
 /**
  * Instructions that #GP(0) at CPL > 0 (SDM Vol. 2, each instruction's "Protected Mode
  * Exceptions"). The check precedes intercepts: privilege faults have priority over VM
- * exits (SDM Vol. 3C 26.1.1). CLI/STI are checked against CPL 0 (IOPL is 0 in the lab).
+ * exits (SDM Vol. 3C 26.1.1). Without systemInstructions, CLI/STI are checked against
+ * CPL 0 (as if IOPL were 0).
  */
 const PRIVILEGED = new Uint8Array(64);
 for (
@@ -158,7 +291,25 @@ for (
     OP_LGDT,
     OP_LIDT,
   ]
-) PRIVILEGED[op] = 1;
+) PRIVILEGED[op] = RULE_CPL0;
+
+/** The rules with systemInstructions on: IOPL-sensitive CLI/STI/IN/OUT, SYSRET, UMIP. */
+const SYSTEM_PRIVILEGED = PRIVILEGED.slice();
+for (const op of [OP_CLI, OP_STI, OP_IN, OP_OUT]) SYSTEM_PRIVILEGED[op] = RULE_IOPL;
+SYSTEM_PRIVILEGED[OP_SYSRET] = RULE_CPL0;
+SYSTEM_PRIVILEGED[OP_SGDT] = RULE_UMIP;
+SYSTEM_PRIVILEGED[OP_SIDT] = RULE_UMIP;
+
+// Exception classes for the double-fault rules (SDM Vol. 3A Table 6-5): 1 contributory
+// (#DE, #TS, #NP, #SS, #GP), 2 page fault; the rest benign.
+const FAULT_CLASS = new Uint8Array(256);
+for (const vector of [0, 10, VECTOR_NP, VECTOR_SS, VECTOR_GP]) FAULT_CLASS[vector] = 1;
+FAULT_CLASS[VECTOR_PF] = 2;
+
+// How deliverEvent() counts a delivery.
+const EVENT_EXCEPTION = 0;
+const EVENT_EXTERNAL = 1;
+const EVENT_SOFTWARE = 2;
 
 type OperandSize = 1 | 2 | 4 | 8;
 
@@ -250,7 +401,42 @@ export class Interpreter {
    */
   fastStrings = true;
 
+  /**
+   * Whether step() executes the system instructions (INT n, INT3, IRETQ, SYSCALL, SYSRETQ,
+   * PUSHF, POPF, IN, OUT, LGDT, LIDT, SGDT, SIDT), applies IOPL to CLI/STI/IN/OUT and
+   * UMIP to SGDT/SIDT, and delivers pending external interrupts when IF = 1. Off (the
+   * default), those instructions are STEP_UNSUPPORTED and CLI/STI need CPL 0, exactly as
+   * before issue 9.
+   */
+  systemInstructions = false;
+  /** IDTR base (48-bit linear value). LIDT loads it; event delivery reads gates there. */
+  idtrBase = 0;
+  /** IDTR limit (0..0xffff; reset value 0xffff): gate `v` needs `16v + 15 <= limit`. */
+  idtrLimit = 0xffff;
+  /** GDTR base (48-bit linear value); only LGDT/SGDT use it (no descriptor is read). */
+  gdtrBase = 0;
+  /** GDTR limit (0..0xffff; reset value 0xffff). */
+  gdtrLimit = 0xffff;
+  /**
+   * TSS.RSP0 (48-bit linear value): the stack event delivery switches to on a CPL 3 -> 0
+   * change (SDM Vol. 3A 6.14.2). The TSS itself is not modelled, nor the IST.
+   */
+  rsp0 = 0;
+  /** IA32_LSTAR (48-bit linear value): SYSCALL's target RIP. */
+  lstar = 0;
+  /** IA32_FMASK (low 32 bits): the RFLAGS bits SYSCALL clears. */
+  fmask = 0;
+  /** What IN and OUT reach; null reads all ones and drops writes. */
+  ports: PortBus | null = null;
+  /** Deliveries through the IDT per vector (0..255), whatever the kind of event. */
+  readonly deliveries: Float64Array = new Float64Array(256);
+
   readonly #counts: Float64Array;
+  // Pending external interrupts, one bit per vector (an IRR), and how many bits are set.
+  readonly #irr = new Uint32Array(8);
+  #pendingCount = 0;
+  // STI with IF = 0 blocks interrupts until the next instruction completes (SDM Vol. 2 STI).
+  #interruptShadow = false;
   readonly #buffer = new Uint8Array(16);
   readonly #views: Uint8Array[] = [];
   #callDepth = 0;
@@ -264,6 +450,8 @@ export class Interpreter {
   #resultLo = 0;
   #resultHi = 0;
   #resultFlags = 0;
+  // IRET's five popped values as u32 halves.
+  readonly #popped = new Uint32Array(10);
 
   /** An interpreter on `cpu`, with every register 0 and RFLAGS 0x2. */
   constructor(cpu: Vcpu) {
@@ -367,6 +555,106 @@ export class Interpreter {
   }
 
   /**
+   * Delivers event `vector` (0..255) through the IDT as the processor does in IA-32e mode
+   * (SDM Vol. 3A 6.12, 6.14), pushing `errorCode` after the frame unless it is -1, and
+   * returns a `STEP_*` code. Works whether or not {@link systemInstructions} is set.
+   *
+   * The gate is the 16-byte descriptor at IDTR.base + 16 * vector, read with implicit
+   * supervisor reads; `16 * vector + 15` must not exceed IDTR.limit (#GP(vector*8+2+EXT)),
+   * the type must be an interrupt gate (0xE, clears IF) or a trap gate (0xF, keeps IF)
+   * (#GP, same code), a `software` event (INT n, INT3) needs gate DPL >= CPL (#GP(vector*8+2)),
+   * the gate must be present (#NP(vector*8+2+EXT)), its selector not null (#GP(EXT)) and its
+   * offset canonical (#GP(EXT)); EXT (bit 0) is 1 unless `software`. The handler runs at
+   * CPL 0: from CPL > 0 RSP switches to {@link rsp0}. RSP is aligned down to 16 bytes, then
+   * SS, RSP, RFLAGS, CS, RIP and the error code are pushed as 8-byte supervisor writes
+   * through the vCPU; RIP becomes the gate's offset and TF, NT, RF, VM are cleared.
+   *
+   * The pushed RIP is the current RIP: a fault's RIP as step() left it, or (for a
+   * `software` event) the instruction after the INT, which the caller sets. The pushed CS
+   * and SS are this lab's flat selectors for the old CPL (KERNEL_CS/KERNEL_SS at 0,
+   * USER_CS/USER_SS at 3): no segment registers are modelled.
+   *
+   * On failure:
+   * - `software`: STEP_FAULT with the fault in `cpu.exception` and nothing changed but
+   *   memory the partial frame wrote (the INT faults; the caller delivers that fault).
+   * - otherwise a fault while delivering is handled as SDM Table 6-5 says: after a benign
+   *   event the fault is delivered instead; a contributory fault (#DE, #TS, #NP, #SS, #GP)
+   *   after a contributory one, or a contributory fault or #PF after a #PF, becomes #DF
+   *   (vector 8, error code 0); a fault while delivering #DF is STEP_TRIPLE_FAULT.
+   * - an EPT violation or misconfiguration while delivering: STEP_FAULT with the exit in
+   *   `cpu.exception`; registers, RIP and CPL unchanged, so the hypervisor can fix the
+   *   mapping and deliver the event again.
+   *
+   * Throws a RangeError for a vector outside 0..255 or an error code that is neither -1
+   * nor a 32-bit unsigned value.
+   *
+   * @example Reflect a #GP(0) raised at CPL 3 into the kernel's handler
+   * ```ts
+   * import { Interpreter, MachineMemory, PagingControl, Stats, Vcpu, STEP_OK, KERNEL_CS,
+   *   USER_CS, USER_SS } from "../../mod.ts";
+   * import assert from "node:assert/strict";
+   * const memory = new MachineMemory({ frames: 16 });
+   * const cpu = new Vcpu(memory, new PagingControl({ cr0: 0x11, cr4: 0, efer: 0, cpl: 3 }), new Stats());
+   * const it = new Interpreter(cpu); // paging off: linear = physical
+   * it.idtrBase = 0x1000;
+   * // Gate 13: interrupt gate, present, DPL 0, selector KERNEL_CS, offset 0x5000.
+   * memory.write32(0x1000 + 13 * 16, (KERNEL_CS << 16) | 0x5000);
+   * memory.write32(0x1000 + 13 * 16 + 4, 0x8e00);
+   * it.rsp0 = 0x3000;
+   * it.rip = 0x8123;
+   * it.setReg(4, 0x7ff8); // user RSP
+   * assert.equal(it.deliverEvent(13, 0, false), STEP_OK);
+   * assert.deepEqual([it.rip, cpu.ctl.cpl, it.regLo(4)], [0x5000, 0, 0x3000 - 48]);
+   * const frame = [0, 1, 2, 3, 4, 5].map((k) => memory.read32(0x3000 - 48 + 8 * k));
+   * assert.deepEqual(frame, [0, 0x8123, USER_CS, 0x2, 0x7ff8, USER_SS]); // error code, RIP, ...
+   * assert.equal(it.regLo(4) % 16, 0);
+   * ```
+   */
+  deliverEvent(vector: number, errorCode: number, software: boolean): number {
+    if (!Number.isInteger(vector) || vector < 0 || vector > 255) {
+      throw new RangeError(`Cannot deliver vector ${vector}: must be 0..255`);
+    }
+    if (
+      !Number.isInteger(errorCode) || errorCode < -1 || errorCode > 0xffff_ffff
+    ) {
+      throw new RangeError(
+        `Cannot deliver error code ${errorCode}: must be -1 (none) or 0..0xffffffff`,
+      );
+    }
+    return this.#deliver(vector, errorCode, software ? EVENT_SOFTWARE : EVENT_EXCEPTION, this.rip);
+  }
+
+  /**
+   * Marks external interrupt `vector` (0..255) pending, as an interrupt controller's
+   * request register does. With {@link systemInstructions} set, step() delivers the
+   * highest pending vector at the next instruction boundary where RFLAGS.IF = 1 (and not
+   * right after an STI that set IF), before fetching; that step executes no instruction.
+   * With IF = 0 it stays pending. Raising a pending vector again changes nothing.
+   * Throws a RangeError for a vector outside 0..255.
+   */
+  raiseInterrupt(vector: number): void {
+    if (!Number.isInteger(vector) || vector < 0 || vector > 255) {
+      throw new RangeError(`Cannot raise interrupt ${vector}: must be 0..255`);
+    }
+    const bit = 1 << (vector & 31);
+    const irr = this.#irr;
+    if ((irr[vector >>> 5]! & bit) !== 0) return;
+    irr[vector >>> 5] = irr[vector >>> 5]! | bit;
+    this.#pendingCount++;
+  }
+
+  /** The highest pending external interrupt vector, or -1 when none is pending. */
+  get pendingInterrupt(): number {
+    if (this.#pendingCount === 0) return -1;
+    const irr = this.#irr;
+    for (let w = 7; w >= 0; w--) {
+      const word = irr[w]!;
+      if (word !== 0) return 32 * w + 31 - Math.clz32(word);
+    }
+    return -1;
+  }
+
+  /**
    * Executes one instruction at RIP: fetch (through the vCPU, one `cpu.fetch` per page
    * translated), decode, privilege check, intercept check, execute. Returns one of the
    * `STEP_*` codes; never throws for anything the guest's bytes or state can do.
@@ -376,6 +664,13 @@ export class Interpreter {
    * for an interrupt), and the next step() continues it.
    */
   step(): number {
+    if (this.systemInstructions) {
+      const shadow = this.#interruptShadow;
+      this.#interruptShadow = false;
+      if (this.#pendingCount !== 0 && !shadow && (this.rflags & RFLAGS_IF) !== 0) {
+        return this.#deliverPendingInterrupt();
+      }
+    }
     const cpu = this.cpu;
     const counts = this.#counts;
     const d = this.decoded;
@@ -412,9 +707,17 @@ export class Interpreter {
     this.#next = end >= LINEAR_LIMIT ? end - LINEAR_LIMIT : end;
 
     const op = d.op;
-    if (PRIVILEGED[op] !== 0 && cpu.ctl.cpl !== 0) return this.#gp();
+    const rule = (this.systemInstructions ? SYSTEM_PRIVILEGED : PRIVILEGED)[op]!;
+    if (rule !== 0 && cpu.ctl.cpl !== 0 && this.#isDenied(rule)) return this.#gp();
     if (this.intercepts[op] !== 0) return STEP_INTERCEPT;
     return this.#execute(op);
+  }
+
+  // Whether a PRIVILEGED rule denies the instruction at the current CPL (known > 0).
+  #isDenied(rule: number): boolean {
+    if (rule === RULE_CPL0) return true;
+    if (rule === RULE_IOPL) return this.cpu.ctl.cpl > ((this.rflags & RFLAGS_IOPL) >>> 12);
+    return (this.cpu.ctl.cr4 & CR4_UMIP) !== 0;
   }
 
   #execute(op: number): number {
@@ -457,6 +760,7 @@ export class Interpreter {
         this.rflags &= ~RFLAGS_IF;
         return this.#retire();
       case OP_STI:
+        if ((this.rflags & RFLAGS_IF) === 0) this.#interruptShadow = true;
         this.rflags |= RFLAGS_IF;
         return this.#retire();
       case OP_NOP:
@@ -476,7 +780,37 @@ export class Interpreter {
       case OP_RET:
         return this.#ret();
       default:
-        return STEP_UNSUPPORTED;
+        return this.systemInstructions ? this.#executeSystem(op) : STEP_UNSUPPORTED;
+    }
+  }
+
+  #executeSystem(op: number): number {
+    switch (op) {
+      case OP_INT:
+        return this.#softwareInterrupt(this.decoded.imm & 0xff);
+      case OP_INT3:
+        return this.#softwareInterrupt(VECTOR_BP);
+      case OP_IRET:
+        return this.#iret();
+      case OP_SYSCALL:
+        return this.#syscall();
+      case OP_SYSRET:
+        return this.#sysret();
+      case OP_PUSHF:
+        return this.#pushf();
+      case OP_POPF:
+        return this.#popf();
+      case OP_IN:
+      case OP_OUT:
+        return this.#portIo(op === OP_IN);
+      case OP_LGDT:
+      case OP_LIDT:
+        return this.#loadDescriptorTable(op === OP_LIDT);
+      case OP_SGDT:
+      case OP_SIDT:
+        return this.#storeDescriptorTable(op === OP_SIDT);
+      default:
+        return STEP_UNSUPPORTED; // WBINVD
     }
   }
 
@@ -961,6 +1295,346 @@ export class Interpreter {
     return STEP_OK;
   }
 
+  // --- Events and system instructions (systemInstructions) ----------------------------------
+
+  // Delivers an event and counts it; see deliverEvent(). `returnRip` is the RIP pushed.
+  #deliver(vector: number, errorCode: number, kind: number, returnRip: number): number {
+    const counts = this.#counts;
+    if (kind === EVENT_SOFTWARE) {
+      if (!this.#enterHandler(vector, errorCode, true, returnRip)) return STEP_FAULT;
+      counts[CPU_SOFTWARE_INTERRUPTS]++;
+      this.deliveries[vector]++;
+      return STEP_OK;
+    }
+    const e = this.cpu.exception;
+    let current = vector;
+    let code = errorCode;
+    let isOriginal = true;
+    // Terminates: each failure moves up benign -> contributory/#PF -> #DF -> shutdown.
+    for (;;) {
+      if (this.#enterHandler(current, code, false, returnRip)) {
+        counts[isOriginal && kind === EVENT_EXTERNAL ? CPU_INTERRUPTS : CPU_EXCEPTIONS_DELIVERED]++;
+        this.deliveries[current]++;
+        return STEP_OK;
+      }
+      const second = e.vector;
+      if (second >= VECTOR_EPT_VIOLATION) return STEP_FAULT; // a VM exit, not a guest fault
+      if (current === VECTOR_DF) {
+        counts[CPU_TRIPLE_FAULTS]++;
+        return STEP_TRIPLE_FAULT;
+      }
+      const first = FAULT_CLASS[current]!;
+      const next = FAULT_CLASS[second]!;
+      if ((first === 1 && next === 1) || (first === 2 && next !== 0)) {
+        counts[CPU_DOUBLE_FAULTS]++;
+        current = VECTOR_DF;
+        code = 0;
+      } else {
+        current = second;
+        code = e.errorCode;
+      }
+      isOriginal = false;
+    }
+  }
+
+  /*
+   * One attempt to enter the handler of `vector` (SDM Vol. 3A 6.14.1 64-bit gate, 6.14.2
+   * stack frame); false with the fault in cpu.exception and registers, RIP and CPL as
+   * they were (memory may hold part of the frame, as on hardware).
+   *
+   *   bytes 15..8: reserved | offset 63:32
+   *   bytes  7..0: offset 31:16 | P | DPL | 0 | type | 0 | IST | selector | offset 15:0
+   *                 63     48   47  46:45  44 43:40      34:32  31:16      15:0
+   */
+  #enterHandler(vector: number, errorCode: number, software: boolean, returnRip: number): boolean {
+    const cpu = this.cpu;
+    const ctl = cpu.ctl;
+    const ext = software ? 0 : 1;
+    const idtError = vector * 8 + 2 + ext;
+    if (vector * 16 + 15 > this.idtrLimit) return this.#raise(VECTOR_GP, idtError);
+    const gate = linearAdd(this.idtrBase, vector * 16);
+    const gateHigh = gate < 0 ? -1 : linearAdd(gate, 8);
+    if (gateHigh < 0) return this.#raise(VECTOR_GP, idtError);
+    if (!cpu.read(gate, 8, ACCESS_IMPLICIT_READ)) return false;
+    const low = cpu.data;
+    const attributes = cpu.dataHi;
+    if (!cpu.read(gateHigh, 8, ACCESS_IMPLICIT_READ)) return false;
+    const offsetHigh = cpu.data;
+    const type = (attributes >>> 8) & 0xf;
+    if (type !== 0xe && type !== 0xf) return this.#raise(VECTOR_GP, idtError);
+    const oldCpl = ctl.cpl;
+    if (software && ((attributes >>> 13) & 3) < oldCpl) return this.#raise(VECTOR_GP, idtError);
+    if ((attributes & 0x8000) === 0) return this.#raise(VECTOR_NP, idtError);
+    if (((low >>> 16) & 0xfffc) === 0) return this.#raise(VECTOR_GP, ext);
+    const target = canonicalToLinear(
+      offsetHigh,
+      ((attributes & 0xffff0000) | (low & 0xffff)) >>> 0,
+    );
+    if (target < 0) return this.#raise(VECTOR_GP, ext);
+
+    // The new stack: RSP0 on a privilege change, else the current RSP; aligned to 16.
+    const regs = this.regs;
+    const oldSpLo = regs[8]!;
+    const oldSpHi = regs[9]!;
+    const sp = oldCpl !== 0
+      ? this.rsp0 - (this.rsp0 % 16)
+      : canonicalToLinear(oldSpHi, (oldSpLo & 0xfffffff0) >>> 0);
+    if (sp < 0) return this.#raise(VECTOR_SS, ext);
+    const slots = errorCode < 0 ? 5 : 6;
+    const bottom = linearAdd(sp, -8 * slots);
+    if (bottom < 0) return this.#raise(VECTOR_SS, ext);
+    // The pushes are supervisor accesses at the new CPL.
+    ctl.cpl = 0;
+    const ok = this.#push(sp, 1, oldCpl === 3 ? USER_SS : KERNEL_SS | oldCpl, 0) &&
+      this.#push(sp, 2, oldSpLo, oldSpHi) &&
+      this.#push(sp, 3, this.rflags, 0) &&
+      this.#push(sp, 4, oldCpl === 3 ? USER_CS : KERNEL_CS | oldCpl, 0) &&
+      this.#push(sp, 5, returnRip >>> 0, linearHigh32(returnRip)) &&
+      (errorCode < 0 || this.#push(sp, 6, errorCode >>> 0, 0));
+    if (!ok) {
+      ctl.cpl = oldCpl;
+      return false;
+    }
+    regs[8] = bottom >>> 0;
+    regs[9] = linearHigh32(bottom);
+    this.rip = target;
+    let flags = this.rflags & ~(RFLAGS_TF | RFLAGS_NT | RFLAGS_RF | RFLAGS_VM);
+    if (type === 0xe) flags &= ~RFLAGS_IF;
+    this.rflags = flags >>> 0;
+    return true;
+  }
+
+  // Writes qword `slot` (1 = the highest) below 16-byte aligned `sp`.
+  #push(sp: number, slot: number, lo: number, hi: number): boolean {
+    return this.cpu.write(linearAdd(sp, -8 * slot), 8, lo, hi);
+  }
+
+  #deliverPendingInterrupt(): number {
+    const vector = this.pendingInterrupt;
+    const result = this.#deliver(vector, -1, EVENT_EXTERNAL, this.rip);
+    // Acknowledged unless a VM exit stopped the delivery (then it is delivered again).
+    if (result !== STEP_FAULT) {
+      this.#irr[vector >>> 5] = this.#irr[vector >>> 5]! & ~(1 << (vector & 31));
+      this.#pendingCount--;
+    }
+    return result;
+  }
+
+  // INT n / INT3: a software event whose pushed RIP is the next instruction; a fault in
+  // the delivery is the instruction's fault (RIP stays at the INT).
+  #softwareInterrupt(vector: number): number {
+    const result = this.#deliver(vector, -1, EVENT_SOFTWARE, this.#next);
+    if (result === STEP_OK) this.#counts[CPU_INSTRUCTIONS]++;
+    return result;
+  }
+
+  /*
+   * IRETQ in 64-bit mode (SDM Vol. 2 IRET, IA-32e mode): pops RIP, CS, RFLAGS, RSP, SS
+   * (always, even without a privilege change). NT = 1 is #GP(0) (no task return in IA-32e
+   * mode). No descriptor is read: a null CS is #GP(0), CS.RPL < CPL is #GP(CS), a null SS
+   * returning to CPL 3 is #GP(0), an SS whose RPL differs from CS.RPL is #GP(SS), a
+   * non-canonical RIP is #GP(0). New CPL = CS.RPL. RFLAGS loads as the SDM says for the
+   * old CPL: IF only if CPL <= IOPL, IOPL/VIF/VIP only at CPL 0, never VM. IRETD (no
+   * REX.W) pops 4-byte values, zero-extended.
+   */
+  #iret(): number {
+    const size = this.decoded.operandSize;
+    if (size === 2) return STEP_UNSUPPORTED;
+    if ((this.rflags & RFLAGS_NT) !== 0) return this.#gp();
+    const regs = this.regs;
+    const sp = canonicalToLinear(regs[9]!, regs[8]!);
+    if (sp < 0) return this.#ss();
+    const cpu = this.cpu;
+    const popped = this.#popped;
+    for (let k = 0; k < 5; k++) {
+      const va = linearAdd(sp, k * size);
+      if (va < 0) return this.#ss();
+      if (!cpu.read(va, size as OperandSize)) return STEP_FAULT;
+      popped[2 * k] = cpu.data;
+      popped[2 * k + 1] = size === 8 ? cpu.dataHi : 0;
+    }
+    const cs = popped[2]! & 0xffff;
+    const ss = popped[8]! & 0xffff;
+    const ctl = cpu.ctl;
+    const cpl = ctl.cpl;
+    const newCpl = cs & 3;
+    if ((cs & 0xfffc) === 0) return this.#gp();
+    if (newCpl < cpl) return this.#gpWithCode(cs & 0xfffc);
+    if ((ss & 0xfffc) === 0) {
+      if (newCpl === 3) return this.#gp();
+    } else if ((ss & 3) !== newCpl) {
+      return this.#gpWithCode(ss & 0xfffc);
+    }
+    const target = canonicalToLinear(popped[1]!, popped[0]!);
+    if (target < 0) return this.#gp();
+    let mask = RFLAGS_ALWAYS_LOADED | RFLAGS_RF;
+    if (cpl <= (this.rflags & RFLAGS_IOPL) >>> 12) mask |= RFLAGS_IF;
+    if (cpl === 0) mask |= RFLAGS_IOPL | RFLAGS_VIF | RFLAGS_VIP;
+    this.#loadFlags(popped[4]!, mask, 0);
+    regs[8] = popped[6]!;
+    regs[9] = popped[7]!;
+    ctl.cpl = newCpl;
+    this.rip = target;
+    this.#counts[CPU_INSTRUCTIONS]++;
+    return STEP_OK;
+  }
+
+  /*
+   * SYSCALL (SDM Vol. 2): RCX <- next RIP, R11 <- RFLAGS, RFLAGS <- RFLAGS AND NOT
+   * IA32_FMASK, CPL 0, RIP <- IA32_LSTAR. RSP is not switched. EFER.SCE and STAR are not
+   * modelled (SYSCALL is enabled; CS/SS are KERNEL_CS/KERNEL_SS).
+   */
+  #syscall(): number {
+    const next = this.#next;
+    this.#setReg(1, 8, next >>> 0, linearHigh32(next));
+    this.#setReg(11, 8, this.rflags, 0);
+    this.#loadFlags(this.rflags & ~this.fmask, -1, 0);
+    this.cpu.ctl.cpl = 0;
+    this.rip = this.lstar;
+    this.#counts[CPU_SYSCALLS]++;
+    this.#counts[CPU_INSTRUCTIONS]++;
+    return STEP_OK;
+  }
+
+  /*
+   * SYSRETQ (SDM Vol. 2): #GP(0) at CPL > 0 (checked before intercepts) or for a
+   * non-canonical RCX (at CPL 0, as Intel does); RIP <- RCX, RFLAGS <- (R11 & 0x3C7FD7) | 2,
+   * CPL 3. SYSRET without REX.W returns to compatibility mode: not modelled.
+   */
+  #sysret(): number {
+    if (this.decoded.operandSize !== 8) return STEP_UNSUPPORTED;
+    const regs = this.regs;
+    const target = canonicalToLinear(regs[3]!, regs[2]!);
+    if (target < 0) return this.#gp();
+    this.#loadFlags(regs[22]! & SYSRET_RFLAGS_MASK, -1, 0);
+    this.cpu.ctl.cpl = 3;
+    this.rip = target;
+    this.#counts[CPU_INSTRUCTIONS]++;
+    return STEP_OK;
+  }
+
+  // PUSHF / PUSHFQ: RFLAGS with VM and RF cleared (8 bytes), or FLAGS (2 bytes with 66).
+  #pushf(): number {
+    const size = this.decoded.operandSize as OperandSize;
+    const regs = this.regs;
+    const sp = canonicalToLinear(regs[9]!, regs[8]!);
+    const va = sp < 0 ? -1 : linearAdd(sp, -size);
+    if (va < 0) return this.#ss();
+    const value = size === 8 ? this.rflags & PUSHF_MASK : this.rflags & 0xffff;
+    if (!this.cpu.write(va, size, value >>> 0, 0)) return STEP_FAULT;
+    this.#addToReg(4, -size, false);
+    return this.#retire();
+  }
+
+  /*
+   * POPF / POPFQ (SDM Vol. 2 POPF): at CPL 0 every flag but VM, VIF, VIP, RF and the
+   * reserved bits loads; at 0 < CPL <= IOPL IOPL is kept; at CPL > IOPL IF and IOPL are
+   * kept, silently: no fault, which is why a deprivileged kernel's POPF cannot be trapped.
+   * POPFQ clears RF; the 16-bit POPF loads bits 15:0 only.
+   */
+  #popf(): number {
+    const size = this.decoded.operandSize as OperandSize;
+    const regs = this.regs;
+    const sp = canonicalToLinear(regs[9]!, regs[8]!);
+    if (sp < 0) return this.#ss();
+    if (!this.cpu.read(sp, size)) return STEP_FAULT;
+    const cpl = this.cpu.ctl.cpl;
+    let mask = RFLAGS_ALWAYS_LOADED;
+    if (cpl <= (this.rflags & RFLAGS_IOPL) >>> 12) mask |= RFLAGS_IF;
+    if (cpl === 0) mask |= RFLAGS_IOPL;
+    if (size === 2) mask &= 0xffff;
+    this.#loadFlags(this.cpu.data, mask, size === 2 ? 0 : RFLAGS_RF);
+    this.#addToReg(4, size, false);
+    return this.#retire();
+  }
+
+  // RFLAGS <- the `mask` bits of `value`, the rest kept except `clear`; bit 1 stays set.
+  // AC goes to the paging control too (SMAP reads it there).
+  #loadFlags(value: number, mask: number, clear: number): void {
+    const old = this.rflags;
+    const flags = (((old & ~mask & ~clear) | (value & mask)) | 0x2) >>> 0;
+    this.rflags = flags;
+    if (((old ^ flags) & RFLAGS_AC) !== 0) {
+      const ctl = this.cpu.ctl;
+      ctl.rflags = ((ctl.rflags & ~RFLAGS_AC) | (flags & RFLAGS_AC)) >>> 0;
+    }
+  }
+
+  /*
+   * IN AL/AX/EAX, imm8 / DX and OUT imm8 / DX, AL/AX/EAX (SDM Vol. 2): #GP(0) at
+   * CPL > IOPL (checked before intercepts; there is no TSS I/O permission bitmap). The
+   * data goes through `ports`; IN of 4 bytes zero-extends into RAX, 1 and 2 keep the rest.
+   */
+  #portIo(isIn: boolean): number {
+    const d = this.decoded;
+    const size = d.operandSize;
+    const port = d.form === FORM_IMM ? d.imm & 0xff : this.regs[4]! & 0xffff;
+    const mask = SIZE_MASK[size]!;
+    const ports = this.ports;
+    if (isIn) {
+      const value = ports === null ? mask : (ports.read(port, size) & mask) >>> 0;
+      this.#setReg(0, size, value, 0);
+    } else if (ports !== null) {
+      ports.write(port, size, (this.regs[0]! & mask) >>> 0);
+    }
+    this.#counts[CPU_PORT_IO]++;
+    return this.#retire();
+  }
+
+  /*
+   * LGDT / LIDT m16&64 (CPL 0, checked before intercepts): a 2-byte limit, then an 8-byte
+   * base. A non-canonical base is #GP(0) here (the lab holds bases as 48-bit linear
+   * values; hardware would load it and fault at use).
+   */
+  #loadDescriptorTable(isIdt: boolean): number {
+    const cpu = this.cpu;
+    const va = this.#memoryOperand(0, 0);
+    if (va < 0 || !cpu.read(va, 2)) return STEP_FAULT;
+    const limit = cpu.data & 0xffff;
+    const vb = this.#memoryOperand(2, 0);
+    if (vb < 0 || !cpu.read(vb, 8)) return STEP_FAULT;
+    const base = canonicalToLinear(cpu.dataHi, cpu.data);
+    if (base < 0) return this.#gp();
+    if (isIdt) {
+      this.idtrBase = base;
+      this.idtrLimit = limit;
+    } else {
+      this.gdtrBase = base;
+      this.gdtrLimit = limit;
+    }
+    return this.#retire();
+  }
+
+  // SGDT / SIDT m16&64: stores the limit and the canonical base at any CPL (unless
+  // CR4.UMIP, checked before intercepts): a deprivileged kernel sees the real tables.
+  #storeDescriptorTable(isIdt: boolean): number {
+    const cpu = this.cpu;
+    const limit = isIdt ? this.idtrLimit : this.gdtrLimit;
+    const base = isIdt ? this.idtrBase : this.gdtrBase;
+    const vb = this.#memoryOperand(2, 0);
+    if (vb < 0) return STEP_FAULT;
+    const va = this.#memoryOperand(0, 0);
+    if (va < 0) return STEP_FAULT;
+    if (!cpu.write(va, 2, limit)) return STEP_FAULT;
+    if (!cpu.write(vb, 8, base >>> 0, linearHigh32(base))) return STEP_FAULT;
+    return this.#retire();
+  }
+
+  #gpWithCode(errorCode: number): number {
+    this.#raise(VECTOR_GP, errorCode);
+    return STEP_FAULT;
+  }
+
+  // Raises `vector` with `errorCode` as a value; always false.
+  #raise(vector: number, errorCode: number): false {
+    const e = this.cpu.exception;
+    e.vector = vector;
+    e.errorCode = errorCode;
+    if (vector === VECTOR_GP) this.#counts[CPU_GP]++;
+    else if (vector === VECTOR_SS) this.#counts[CPU_SS]++;
+    return false;
+  }
+
   // --- Operands ---------------------------------------------------------------------------
 
   /** Register `r` at `size` bytes (AH..BH for 4..7 without REX); high half in #hi. */
@@ -1230,6 +1904,18 @@ export class Interpreter {
     this.#counts[CPU_UD]++;
     return STEP_FAULT;
   }
+}
+
+/**
+ * 48-bit linear value `va` plus `delta` (|delta| < 2^32) with 64-bit wraparound (the top
+ * of the upper half wraps to 0 and back), or -1 when the move crosses the non-canonical
+ * hole between the halves (linear 2^47 - 1 <-> 2^47).
+ */
+function linearAdd(va: number, delta: number): number {
+  const sum = va + delta;
+  if (sum < 0) return sum + LINEAR_LIMIT;
+  if (sum >= LINEAR_LIMIT) return sum - LINEAR_LIMIT;
+  return (va < UPPER_HALF_START) === (sum < UPPER_HALF_START) ? sum : -1;
 }
 
 function checkRegister(r: number): void {

@@ -15,6 +15,7 @@ export * from "./nested_walk.ts";
 export * from "./page_walk.ts";
 export * from "./paging_control.ts";
 export * from "./physical_memory.ts";
+export * from "./port_bus.ts";
 export * from "./prng.ts";
 export * from "./pte.ts";
 export * from "./stats.ts";
