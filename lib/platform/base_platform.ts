@@ -19,6 +19,7 @@ import {
   STEP_INTERCEPT,
   STEP_LIMIT,
   STEP_RETURN,
+  STEP_TRIPLE_FAULT,
   STEP_UNSUPPORTED,
 } from "../x86/interpreter.ts";
 import { declareCounter, type Stats } from "../x86/stats.ts";
@@ -229,6 +230,8 @@ export abstract class BasePlatform implements Platform {
             ? `kernel halted at ${at}`
             : step === STEP_UNSUPPORTED
             ? `unsupported instruction at ${at}: ${formatInstruction(interpreter.decoded)}`
+            : step === STEP_TRIPLE_FAULT
+            ? `triple fault at ${at}: a fault while delivering a double fault`
             : `unexpected interpreter result ${step} at ${at}`,
         );
       }

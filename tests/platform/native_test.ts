@@ -596,3 +596,15 @@ Deno.test({
     assert.equal(platform.stats.get("trap.delivered"), pages);
   },
 });
+
+Deno.test("execute(): a triple fault crashes the domain with a reason instead of an unexpected result", () => {
+  const platform = build([0x90, 0xc3]); // nop; ret
+  const interpreter = platform.interpreter;
+  interpreter.systemInstructions = true;
+  interpreter.idtrLimit = 0; // no gate fits: the interrupt, its #GP and the #DF all fail
+  interpreter.rflags |= 0x200; // IF
+  interpreter.raiseInterrupt(32);
+  assert.equal(platform.execute(TEXT_VA), RUN_CRASHED);
+  assert.match(platform.crashReason, /^triple fault at 0x/);
+  assert.equal(platform.stats.get("domain.crash"), 1);
+});
