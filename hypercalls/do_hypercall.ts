@@ -26,6 +26,8 @@ import { HC_REJECTED, HC_TRAPS, type PvDomain } from "./pv_domain.ts";
  */
 export function doHypercall(d: PvDomain, op: number, args: HypercallArgs): number {
   d.counts[HC_TRAPS]++;
+  const trace = d.stats.trace;
+  if (trace !== null) trace("hypercall.traps", args.linear(0), op);
   if (op !== HYPERVISOR_MULTICALL) return callHandler(d, op, args);
   const list = args.linear(0);
   if (list < 0) {

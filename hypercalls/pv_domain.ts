@@ -202,6 +202,8 @@ export class PvDomain {
   readonly cpu: Vcpu;
   /** The run's counters. */
   readonly counts: Float64Array;
+  /** The run's counter set (its `trace` sink too). */
+  readonly stats: Stats;
   /** pv-linear-pt. */
   readonly linearPageTables: boolean;
   /** The top level in CR3 (`guest_table`), or -1. */
@@ -232,6 +234,7 @@ export class PvDomain {
     this.m2p = options.m2p;
     this.cpu = options.cpu;
     this.counts = options.stats.counts;
+    this.stats = options.stats;
     this.linearPageTables = options.linearPageTables ?? true;
     const io = options.ioFrames ?? [];
     this.#ioFirst = Float64Array.from(io, (r) => r.first);

@@ -231,6 +231,11 @@ export class HvmHapPlatform extends BasePlatform {
     this.#worldSwitch(); // VM exit
     counts[EXIT_TOTAL]++;
     const gfn = Math.floor(e.gpa / PAGE_SIZE);
+    this.stats.trace?.(
+      vector === VECTOR_EPT_VIOLATION ? "exit.ept_violation" : "exit.ept_misconfig",
+      e.gpa,
+      e.qualification,
+    );
     if (vector === VECTOR_EPT_VIOLATION) {
       counts[EXIT_EPT_VIOLATION]++;
       const mfn = this.p2m.gfnToMfn(gfn);

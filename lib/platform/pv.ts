@@ -305,6 +305,11 @@ export class PvPlatform extends BasePlatform {
   protected onException(_inInterpreter: boolean, fromUser: boolean): number {
     const e = this.cpu.exception;
     this.counts[e.vector === VECTOR_PF ? PV_BOUNCE_PF : PV_BOUNCE_OTHER]++;
+    this.stats.trace?.(
+      e.vector === VECTOR_PF ? "pv.bounce.pf" : "pv.bounce.other",
+      e.cr2,
+      e.errorCode,
+    );
     return this.deliverToGuest(fromUser, e.vector, e.errorCode, e.cr2);
   }
 

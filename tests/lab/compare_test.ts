@@ -147,3 +147,20 @@ Deno.test("compare CLI: --json, --report, --trace, --check, and errors", async (
   assert.match(two.stderr, /Choose one output format/);
   await Deno.remove(dir, { recursive: true });
 });
+
+Deno.test("the trace has each platform's events: hypercalls and bounces on pv, EPT exits on hvm-hap", () => {
+  const events: string[] = [];
+  const modes = ["pv", "hvm-hap"].filter((m) => availableConfigs().some((c) => c.label === m));
+  runComparison({
+    scenarios: SCENARIOS.filter((s) => s.name === "pagefault"),
+    modes,
+    profile: "nehalem2009",
+    knobs: { pagefault: { pages: 8 } },
+    trace: (_scenario, mode) => (event) => events.push(`${mode} ${event}`),
+  });
+  if (modes.includes("pv")) {
+    assert.ok(events.includes("pv hypercall.traps"));
+    assert.ok(events.includes("pv pv.bounce.pf"));
+  }
+  if (modes.includes("hvm-hap")) assert.ok(events.includes("hvm-hap exit.ept_violation"));
+});
