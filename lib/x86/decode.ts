@@ -1,8 +1,9 @@
 /**
  * An x86-64 instruction decoder for the small subset the lab executes: the guest kernel's
- * page-table writes and privileged instructions, run by the vCPU interpreter, and the
- * faulting instruction a hypervisor fetches and emulates after a write to a write-protected
- * guest page table.
+ * page-table writes and privileged instructions, run by the vCPU interpreter, the faulting
+ * instruction a hypervisor fetches and emulates after a write to a write-protected guest
+ * page table, and the ordinary integer instructions of a small guest OS's assembly stubs
+ * and user programs (PUSH/POP, CMP/TEST/XOR/INC/DEC, Jcc, MOVZX).
  *
  * Everything outside the subset decodes as {@linkcode OP_INVALID} (the vCPU raises #UD).
  * Encodings follow the Intel SDM Vol. 2, chapter 2 (instruction format, 64-bit mode) and
@@ -39,13 +40,16 @@ export const OP_CMPXCHG = 3;
 export const OP_CMPXCHG8B = 4;
 /** CMPXCHG16B m128: REX.W 0F C7 /1 (operandSize 8: RDX:RAX against 16 bytes). */
 export const OP_CMPXCHG16B = 5;
-/** ADD: 01 (r/m, r), 03 (r, r/m), 81 /0 imm, 83 /0 imm8. */
+/**
+ * ADD: 00/01 (r/m, r), 02/03 (r, r/m), 04/05 (AL/rAX, imm), 80 /0, 81 /0 imm, 83 /0 imm8.
+ * Every ALU operation of the subset has these six forms plus group 1 (SDM Vol. 2 Table A-2).
+ */
 export const OP_ADD = 6;
-/** OR: 09 (r/m, r), 0B (r, r/m), 81 /1 imm, 83 /1 imm8. */
+/** OR: 08/09 (r/m, r), 0A/0B (r, r/m), 0C/0D (AL/rAX, imm), 80/81/83 /1. */
 export const OP_OR = 7;
-/** AND: 21 (r/m, r), 23 (r, r/m), 81 /4 imm, 83 /4 imm8. */
+/** AND: 20/21 (r/m, r), 22/23 (r, r/m), 24/25 (AL/rAX, imm), 80/81/83 /4. */
 export const OP_AND = 8;
-/** SUB: 29 (r/m, r), 2B (r, r/m), 81 /5 imm, 83 /5 imm8. */
+/** SUB: 28/29 (r/m, r), 2A/2B (r, r/m), 2C/2D (AL/rAX, imm), 80/81/83 /5. */
 export const OP_SUB = 9;
 /** BTS r/m, r (0F AB) and BTS r/m, imm8 (0F BA /5). */
 export const OP_BTS = 10;
@@ -105,6 +109,36 @@ export const OP_RET = 36;
 export const OP_JMP = 37;
 /** Near CALL rel32: E8; `imm` is the displacement from the next instruction. */
 export const OP_CALL = 38;
+/**
+ * PUSH: 50+r (FORM_RM, the register in `rm`), FF /6 (FORM_RM), 6A ib and 68 id
+ * (FORM_IMM, sign-extended to 64 bits). 64-bit by default; 66 makes it 16-bit.
+ */
+export const OP_PUSH = 39;
+/** POP: 58+r (FORM_RM, the register in `rm`), 8F /0 (FORM_RM). 64-bit by default. */
+export const OP_POP = 40;
+/** CMP (SUB without the store): 38/39, 3A/3B, 3C/3D, 80/81/83 /7. Never lockable. */
+export const OP_CMP = 41;
+/**
+ * TEST (AND without the store): 84/85 (FORM_RM_REG), A8/A9 (AL/rAX, imm), F6 /0 ib and
+ * F7 /0 imm (FORM_RM_IMM). Never lockable.
+ */
+export const OP_TEST = 42;
+/** XOR: 30/31 (r/m, r), 32/33 (r, r/m), 34/35 (AL/rAX, imm), 80/81/83 /6. */
+export const OP_XOR = 43;
+/** INC r/m: FE /0, FF /0 (FORM_RM); CF unchanged. */
+export const OP_INC = 44;
+/** DEC r/m: FE /1, FF /1 (FORM_RM); CF unchanged. */
+export const OP_DEC = 45;
+/**
+ * Jcc: 70+cc rel8, 0F 80+cc rel32 (FORM_IMM); `condition` holds cc and `imm` the
+ * displacement from the next instruction.
+ */
+export const OP_JCC = 46;
+/**
+ * MOVZX r, r/m8 (0F B6) and r, r/m16 (0F B7), FORM_REG_RM; `operandSize` is the
+ * destination's size, the source's is 1 for 0F B6 and 2 for 0F B7 (see `opcode`).
+ */
+export const OP_MOVZX = 47;
 
 // ---------------------------------------------------------------------------------------
 // Operand forms: where the destination and the source of `op` are.
@@ -116,13 +150,21 @@ export const FORM_NONE = 0;
 export const FORM_RM_REG = 1;
 /** Destination ModRM.reg, source ModRM.rm (register or memory). */
 export const FORM_REG_RM = 2;
-/** Destination ModRM.rm (register or memory), source `imm`/`immHi`. */
+/**
+ * Destination ModRM.rm (register or memory), source `imm`/`immHi`. The accumulator forms
+ * (04/05, 0C/0D, 24/25, 2C/2D, 34/35, 3C/3D, A8/A9) have no ModRM byte: `rm` is 0
+ * (AL/AX/EAX/RAX) and `isMemory` false.
+ */
 export const FORM_RM_IMM = 3;
 /** Destination register `reg` (from the opcode byte, B8+r), source `imm`/`immHi`. */
 export const FORM_REG_IMM = 4;
 /** One immediate: a port (IN/OUT), a vector (INT) or a branch displacement (JMP/CALL). */
 export const FORM_IMM = 5;
-/** One ModRM.rm operand: INVLPG, LGDT..SIDT, CMPXCHG8B/16B, NOP m, the GPR of MOV CR. */
+/**
+ * One ModRM.rm operand: INVLPG, LGDT..SIDT, CMPXCHG8B/16B, NOP m, the GPR of MOV CR,
+ * INC/DEC, PUSH/POP r/m. PUSH/POP 50+r/58+r have no ModRM byte: `rm` is the register
+ * from the opcode byte (with REX.B) and `isMemory` false.
+ */
 export const FORM_RM = 6;
 
 /** The architectural limit on instruction length (SDM Vol. 2 §2.3.11); longer is #GP. */
@@ -192,8 +234,9 @@ export class DecodedInstruction {
   /** ModRM.mod (0..3). */
   mod: number = 0;
   /**
-   * ModRM.reg extended by REX.R; the raw 3-bit digit for /digit opcodes (81, 83, C6, C7,
-   * 0F 01, 0F 1F, 0F BA, 0F C7), where REX.R does not apply. For B8+r, the register.
+   * ModRM.reg extended by REX.R; the raw 3-bit digit for /digit opcodes (80, 81, 83, 8F,
+   * C6, C7, F6, F7, FE, FF, 0F 01, 0F 1F, 0F BA, 0F C7), where REX.R does not apply. For
+   * B8+r, the register.
    */
   reg: number = 0;
   /** ModRM.rm extended by REX.B (a register when `isMemory` is false). */
@@ -214,13 +257,20 @@ export class DecodedInstruction {
   immSize: number = 0;
   /**
    * Low 32 bits of the immediate extended to 64 bits as the opcode says (sign-extended for
-   * 83 ib, C7/81 id, rel8/rel32; zero-extended otherwise), as a signed 32-bit number.
+   * 83 ib, 6A ib, every id of a 4- or 8-byte operand (05, 81, 68, A9, C7, F7, ...) and
+   * rel8/rel32; zero-extended otherwise: ib of a byte operand, iw, B8+r imm32), as a signed
+   * 32-bit number.
    */
   imm: number = 0;
   /** High 32 bits of that 64-bit immediate, signed 32-bit: imm64 bits, or 0 / -1. */
   immHi: number = 0;
   /** Control register number for MOV to/from CR (0, 2, 3, 4, 8), or -1. */
   crRegister: number = -1;
+  /**
+   * Jcc condition (the low 4 opcode bits), or -1: 0 O, 1 NO, 2 B, 3 AE, 4 E, 5 NE, 6 BE,
+   * 7 A, 8 S, 9 NS, 10 P, 11 NP, 12 L, 13 GE, 14 LE, 15 G (SDM Vol. 1 Table B-1).
+   */
+  condition: number = -1;
 }
 
 /** Clears every field; keeps the object's shape (all fields always exist). */
@@ -251,6 +301,7 @@ function resetDecoded(out: DecodedInstruction): void {
   out.imm = 0;
   out.immHi = 0;
   out.crRegister = -1;
+  out.condition = -1;
 }
 
 /** Marks `out` as failed and turns an internal code into the public return value. */
@@ -370,27 +421,28 @@ function readImmediate(
   return p + size;
 }
 
-/** ALU operation for opcodes 01/03 (ADD), 09/0B (OR), 21/23 (AND), 29/2B (SUB). */
-function aluOpFromOpcode(opcode: number): number {
-  const row = opcode >>> 3; // 0 ADD, 1 OR, 4 AND, 5 SUB (SDM Vol. 2 Table A-2)
-  return row === 0 ? OP_ADD : row === 1 ? OP_OR : row === 4 ? OP_AND : OP_SUB;
+/**
+ * Reads the immediate of an operand of `size` bytes (Ib, Iw, Iz): imm8 or imm16 as is,
+ * imm32 (sign-extended to 64 bits, for a qword operand too); see readImmediate.
+ */
+function readOperandImmediate(
+  bytes: Uint8Array,
+  p: number,
+  end: number,
+  size: number,
+  out: DecodedInstruction,
+): number {
+  return readImmediate(bytes, p, end, size === 8 ? 4 : size, size >= 4, out);
 }
 
-/** ALU operation for group-1 digit /0 /1 /4 /5, or OP_INVALID (ADC, SBB, XOR, CMP). */
-function aluOpFromDigit(digit: number): number {
-  switch (digit) {
-    case 0:
-      return OP_ADD;
-    case 1:
-      return OP_OR;
-    case 4:
-      return OP_AND;
-    case 5:
-      return OP_SUB;
-    default:
-      return OP_INVALID;
-  }
-}
+/*
+ * The ALU block of the one-byte map and group 1 (SDM Vol. 2 Tables A-2, A-6): opcode bits
+ * 5:3 (or the ModRM digit of 80/81/83) name the operation, opcode bits 2:0 the form.
+ *
+ *   row   0 ADD  1 OR  2 ADC  3 SBB  4 AND  5 SUB  6 XOR  7 CMP     (ADC, SBB: not modelled)
+ *   col   0 Eb,Gb  1 Ev,Gv  2 Gb,Eb  3 Gv,Ev  4 AL,Ib  5 rAX,Iz  (6, 7: prefixes, 0F, ...)
+ */
+const ALU_OPS = [OP_ADD, OP_OR, OP_INVALID, OP_INVALID, OP_AND, OP_SUB, OP_XOR, OP_CMP];
 
 /** 0F opcodes of the subset that accept F2/F3 as XACQUIRE/XRELEASE hints with LOCK. */
 function isHleCandidate(opcode2: number): boolean {
@@ -409,6 +461,9 @@ function isLockable(op: number, form: number, isMemory: boolean): boolean {
     case OP_OR:
     case OP_AND:
     case OP_SUB:
+    case OP_XOR:
+    case OP_INC:
+    case OP_DEC:
     case OP_XCHG:
     case OP_CMPXCHG:
     case OP_CMPXCHG8B:
@@ -433,9 +488,9 @@ function isLockable(op: number, form: number, isMemory: boolean): boolean {
  * they make it invalid here, except as XACQUIRE/XRELEASE on a LOCKed CMPXCHG,
  * CMPXCHG8B/16B, BTS or BTR. On one-byte opcodes F2/F3 are kept in `rep` and ignored
  * (hints, or REP on STOS/MOVS), except F3 90, which is PAUSE, not NOP. LOCK is #UD except
- * on a memory destination of ADD/OR/AND/SUB/XCHG/CMPXCHG/CMPXCHG8B/16B/BTS/BTR. A 66
- * prefix on a near JMP/CALL/RET is model-specific in 64-bit mode (Intel ignores it, AMD
- * truncates RIP), so it is invalid here.
+ * on a memory destination of ADD/OR/AND/SUB/XOR/INC/DEC/XCHG/CMPXCHG/CMPXCHG8B/16B/BTS/BTR.
+ * A 66 prefix on a near JMP/CALL/RET/Jcc is model-specific in 64-bit mode (Intel ignores
+ * it, AMD truncates RIP), so it is invalid here.
  *
  * Once the opcode names an instruction of the subset, all its bytes are read before prefix
  * rules are checked, so a truncated instruction reports -1 rather than 0, as an
@@ -504,41 +559,87 @@ export function decodeInstruction(
   const isRexW = (rex & 8) !== 0;
   // Operand-size attribute of a "v" operand (SDM Vol. 2 §2.2.1.2, Table 2-4).
   const vsize = isRexW ? 8 : hasOpsizePrefix ? 2 : 4;
+  // PUSH and POP default to 64 bits in 64-bit mode; 66 makes them 16-bit (SDM Vol. 2 PUSH).
+  const stackSize = vsize === 2 ? 2 : 8;
 
   let op = OP_INVALID;
   let form = FORM_NONE;
   let size = vsize;
 
   switch (opcode) {
-    case 0x01:
-    case 0x09:
-    case 0x21:
-    case 0x29:
-      op = aluOpFromOpcode(opcode);
-      form = FORM_RM_REG;
-      p = readModrm(bytes, p, end, rex, out);
+    case 0x50:
+    case 0x51:
+    case 0x52:
+    case 0x53:
+    case 0x54:
+    case 0x55:
+    case 0x56:
+    case 0x57:
+    case 0x58:
+    case 0x59:
+    case 0x5a:
+    case 0x5b:
+    case 0x5c:
+    case 0x5d:
+    case 0x5e:
+    case 0x5f:
+      op = opcode < 0x58 ? OP_PUSH : OP_POP;
+      form = FORM_RM;
+      out.rm = (opcode & 7) | ((rex & 1) << 3);
+      size = stackSize;
       break;
-    case 0x03:
-    case 0x0b:
-    case 0x23:
-    case 0x2b:
-      op = aluOpFromOpcode(opcode);
-      form = FORM_REG_RM;
-      p = readModrm(bytes, p, end, rex, out);
+    case 0x68:
+    case 0x6a:
+      op = OP_PUSH;
+      form = FORM_IMM;
+      size = stackSize;
+      p = readImmediate(bytes, p, end, opcode === 0x6a ? 1 : size === 2 ? 2 : 4, true, out);
       break;
+    case 0x70:
+    case 0x71:
+    case 0x72:
+    case 0x73:
+    case 0x74:
+    case 0x75:
+    case 0x76:
+    case 0x77:
+    case 0x78:
+    case 0x79:
+    case 0x7a:
+    case 0x7b:
+    case 0x7c:
+    case 0x7d:
+    case 0x7e:
+    case 0x7f:
+      op = OP_JCC;
+      form = FORM_IMM;
+      size = 8;
+      out.condition = opcode & 15;
+      p = readImmediate(bytes, p, end, 1, true, out);
+      break;
+    case 0x80:
     case 0x81:
     case 0x83: {
+      // Group 1 (SDM Vol. 2 Table A-6); 82 is #UD in 64-bit mode.
       form = FORM_RM_IMM;
+      if (opcode === 0x80) size = 1;
       p = readModrm(bytes, p, end, rex, out);
       if (p < 0) break;
       out.reg &= 7;
-      op = aluOpFromDigit(out.reg);
-      if (op === OP_INVALID) return fail(out, BAD);
+      op = ALU_OPS[out.reg]!;
+      if (op === OP_INVALID) return fail(out, BAD); // ADC, SBB
       p = opcode === 0x83
         ? readImmediate(bytes, p, end, 1, true, out)
-        : readImmediate(bytes, p, end, size === 2 ? 2 : 4, true, out);
+        : readOperandImmediate(bytes, p, end, size, out);
       break;
     }
+    case 0x84:
+    case 0x85:
+      op = OP_TEST;
+      form = FORM_RM_REG;
+      size = opcode === 0x84 ? 1 : vsize;
+      p = readModrm(bytes, p, end, rex, out);
+      break;
     case 0x86:
     case 0x87:
       op = OP_XCHG;
@@ -560,6 +661,15 @@ export function decodeInstruction(
       size = opcode === 0x8a ? 1 : vsize;
       p = readModrm(bytes, p, end, rex, out);
       break;
+    case 0x8f:
+      p = readModrm(bytes, p, end, rex, out);
+      if (p < 0) break;
+      out.reg &= 7;
+      if (out.reg !== 0) return fail(out, BAD); // 8F /1../7: AMD's XOP prefix
+      op = OP_POP;
+      form = FORM_RM;
+      size = stackSize;
+      break;
     case 0x90:
       // With REX.B this is XCHG r8, rAX; with F3 it is PAUSE (SDM Vol. 2, NOP and PAUSE).
       if ((rex & 1) !== 0 || out.rep !== 0) return fail(out, BAD);
@@ -574,6 +684,13 @@ export function decodeInstruction(
     case 0xa5:
       op = OP_MOVS;
       size = opcode === 0xa4 ? 1 : vsize;
+      break;
+    case 0xa8:
+    case 0xa9:
+      op = OP_TEST;
+      form = FORM_RM_IMM; // rm 0: AL/AX/EAX/RAX
+      size = opcode === 0xa8 ? 1 : vsize;
+      p = readOperandImmediate(bytes, p, end, size, out);
       break;
     case 0xaa:
     case 0xab:
@@ -606,7 +723,7 @@ export function decodeInstruction(
       if (p < 0) break;
       out.reg &= 7;
       if (out.reg !== 0) return fail(out, BAD); // C6 F8 XABORT, C7 F8 XBEGIN, others #UD
-      p = readImmediate(bytes, p, end, size === 8 ? 4 : size, size >= 4, out);
+      p = readOperandImmediate(bytes, p, end, size, out);
       break;
     case 0xcc:
       op = OP_INT3;
@@ -657,6 +774,37 @@ export function decodeInstruction(
     case 0xfb:
       op = OP_STI;
       break;
+    case 0xf6:
+    case 0xf7:
+      // Group 3 (SDM Vol. 2 Table A-6): only /0 TEST (NOT, NEG, MUL, DIV are not modelled).
+      size = opcode === 0xf6 ? 1 : vsize;
+      p = readModrm(bytes, p, end, rex, out);
+      if (p < 0) break;
+      out.reg &= 7;
+      if (out.reg !== 0) return fail(out, BAD);
+      op = OP_TEST;
+      form = FORM_RM_IMM;
+      p = readOperandImmediate(bytes, p, end, size, out);
+      break;
+    case 0xfe:
+    case 0xff: {
+      // Groups 4 and 5: /0 INC, /1 DEC, FF /6 PUSH (CALL/JMP indirect are not modelled).
+      size = opcode === 0xfe ? 1 : vsize;
+      p = readModrm(bytes, p, end, rex, out);
+      if (p < 0) break;
+      out.reg &= 7;
+      const digit = out.reg;
+      form = FORM_RM;
+      if (digit === 0 || digit === 1) {
+        op = digit === 0 ? OP_INC : OP_DEC;
+      } else if (digit === 6 && opcode === 0xff) {
+        op = OP_PUSH;
+        size = stackSize;
+      } else {
+        return fail(out, BAD);
+      }
+      break;
+    }
     case 0x0f: {
       // Two-byte opcode map (SDM Vol. 2 Table A-3).
       if (p >= end) return fail(out, TOO_LONG);
@@ -728,6 +876,34 @@ export function decodeInstruction(
           size = 8;
           break;
         }
+        case 0x80:
+        case 0x81:
+        case 0x82:
+        case 0x83:
+        case 0x84:
+        case 0x85:
+        case 0x86:
+        case 0x87:
+        case 0x88:
+        case 0x89:
+        case 0x8a:
+        case 0x8b:
+        case 0x8c:
+        case 0x8d:
+        case 0x8e:
+        case 0x8f:
+          op = OP_JCC;
+          form = FORM_IMM;
+          size = 8;
+          out.condition = opcode2 & 15;
+          p = readImmediate(bytes, p, end, 4, true, out);
+          break;
+        case 0xb6:
+        case 0xb7:
+          op = OP_MOVZX; // operandSize is the destination's; the source is 1 or 2 bytes
+          form = FORM_REG_RM;
+          p = readModrm(bytes, p, end, rex, out);
+          break;
         case 0x38: {
           // Three-byte map 0F 38 (SDM Vol. 2 Table A-4): only INVPCID, which needs 66.
           if (p >= end) return fail(out, TOO_LONG);
@@ -779,8 +955,23 @@ export function decodeInstruction(
       }
       break;
     }
-    default:
-      return fail(out, BAD); // not in the subset: x87, VEX (C4/C5), EVEX (62), ...
+    default: {
+      // The ALU block 00..3D (see ALU_OPS). Anything else is not in the subset: x87, VEX
+      // (C4/C5), EVEX (62), ...
+      const column = opcode & 7;
+      if (opcode >= 0x40 || column > 5) return fail(out, BAD);
+      op = ALU_OPS[opcode >>> 3]!;
+      if (op === OP_INVALID) return fail(out, BAD); // ADC, SBB
+      if ((column & 1) === 0) size = 1;
+      if (column < 4) {
+        form = column < 2 ? FORM_RM_REG : FORM_REG_RM;
+        p = readModrm(bytes, p, end, rex, out);
+      } else {
+        form = FORM_RM_IMM; // rm 0: AL/AX/EAX/RAX
+        p = readOperandImmediate(bytes, p, end, size, out);
+      }
+      break;
+    }
   }
   if (p < 0) return fail(out, p);
 
@@ -788,7 +979,7 @@ export function decodeInstruction(
   const isMemory = out.isMemory;
   if (out.lockPrefix && !isLockable(op, form, isMemory)) return fail(out, BAD);
   if (out.rep !== 0 && opcode === 0x0f && !out.lockPrefix) return fail(out, BAD); // see above
-  if (hasOpsizePrefix && (op === OP_JMP || op === OP_CALL || op === OP_RET)) {
+  if (hasOpsizePrefix && (op === OP_JMP || op === OP_CALL || op === OP_RET || op === OP_JCC)) {
     return fail(out, BAD);
   }
 
@@ -850,7 +1041,19 @@ const MNEMONICS: Record<number, string> = {
   [OP_RET]: "ret",
   [OP_JMP]: "jmp",
   [OP_CALL]: "call",
+  [OP_PUSH]: "push",
+  [OP_POP]: "pop",
+  [OP_CMP]: "cmp",
+  [OP_TEST]: "test",
+  [OP_XOR]: "xor",
+  [OP_INC]: "inc",
+  [OP_DEC]: "dec",
+  [OP_JCC]: "j",
+  [OP_MOVZX]: "movzx",
 };
+
+/** Jcc mnemonics by condition (the ones objdump prints). */
+const CONDITION_NAMES = "o no b ae e ne be a s ns p np l ge le g".split(" ");
 
 /** Name of general-purpose register `n` at operand size `size` bytes. */
 function registerName(n: number, size: number, hasRex: boolean): string {
@@ -905,6 +1108,8 @@ function memorySize(d: DecodedInstruction): number {
       return 8;
     case OP_CMPXCHG16B:
       return 16;
+    case OP_MOVZX:
+      return d.opcode === 0x0fb6 ? 1 : 2; // the source
     default:
       return d.operandSize;
   }
@@ -1001,6 +1206,15 @@ export function formatInstruction(d: DecodedInstruction): string {
     case OP_JMP:
     case OP_CALL:
       return mnemonic + " $" + signedHex(d.imm + d.length);
+    case OP_JCC:
+      return mnemonic + CONDITION_NAMES[d.condition] + " $" + signedHex(d.imm + d.length);
+    case OP_PUSH:
+      if (d.form === FORM_IMM) return mnemonic + " " + immediateText(d, size);
+      break;
+    case OP_MOVZX: {
+      const source = d.isMemory ? rmText(d) : registerName(d.rm, memorySize(d), hasRex);
+      return mnemonic + " " + registerName(d.reg, size, hasRex) + ", " + source;
+    }
     default:
       break;
   }

@@ -1,8 +1,9 @@
 /**
  * An x86-64 interpreter for the decoder's instruction subset: the guest kernel's
- * page-table writes (MOV, XCHG, LOCK CMPXCHG/OR/AND/BTS/BTR, REP STOSQ/MOVSQ) and its
- * privileged instructions (MOV CRn, INVLPG, INVPCID, CLI/STI, HLT), executed from real
- * instruction bytes through a {@link Vcpu}.
+ * page-table writes (MOV, XCHG, LOCK CMPXCHG/OR/AND/BTS/BTR, REP STOSQ/MOVSQ), its
+ * privileged instructions (MOV CRn, INVLPG, INVPCID, CLI/STI, HLT) and the ordinary
+ * integer instructions of its stubs and user programs (PUSH/POP, CMP/TEST/XOR/INC/DEC,
+ * Jcc, MOVZX, CALL/RET/JMP), executed from real instruction bytes through a {@link Vcpu}.
  *
  * Every byte of code is fetched through the vCPU as an instruction fetch (ACCESS_FETCH),
  * and every operand goes through `cpu.read` / `cpu.write`, so the TLB, the page walk, the
@@ -25,6 +26,14 @@
  * PUSHF / POPF / IN / OUT / LGDT / LIDT / SGDT / SIDT with their privilege rules, including
  * the ones that do not trap at CPL 3 (POPF silently keeping IF, SIDT revealing the real
  * IDTR): the reasons classic x86 was not trap-and-emulate virtualizable.
+ *
+ * Two ways to run code. Routine mode ({@link Interpreter.run}): the host calls one kernel
+ * routine and the first RET without a matching CALL returns STEP_RETURN to TypeScript.
+ * Guest mode ({@link Interpreter.runGuest}): a whole guest OS runs, RET always pops, and
+ * the host steps in only at events and at the host-service range, where the guest
+ * kernel's stubs `call` its "compiled C code" ({@link STEP_SERVICE},
+ * {@link Interpreter.returnFromService}); {@link InterpreterContext} saves and restores
+ * the guest's state around what the host runs meanwhile.
  *
  * @module
  */
@@ -51,16 +60,20 @@ import {
   OP_BTS,
   OP_CALL,
   OP_CLI,
+  OP_CMP,
   OP_CMPXCHG,
   OP_CMPXCHG16B,
   OP_CMPXCHG8B,
+  OP_DEC,
   OP_HLT,
   OP_IN,
+  OP_INC,
   OP_INT,
   OP_INT3,
   OP_INVLPG,
   OP_INVPCID,
   OP_IRET,
+  OP_JCC,
   OP_JMP,
   OP_LGDT,
   OP_LIDT,
@@ -68,10 +81,13 @@ import {
   OP_MOV_FROM_CR,
   OP_MOV_TO_CR,
   OP_MOVS,
+  OP_MOVZX,
   OP_NOP,
   OP_OR,
   OP_OUT,
+  OP_POP,
   OP_POPF,
+  OP_PUSH,
   OP_PUSHF,
   OP_RET,
   OP_SGDT,
@@ -81,8 +97,10 @@ import {
   OP_SUB,
   OP_SYSCALL,
   OP_SYSRET,
+  OP_TEST,
   OP_WBINVD,
   OP_XCHG,
+  OP_XOR,
 } from "./decode.ts";
 import { WALK_COUNT } from "./page_walk.ts";
 import type { PortBus } from "./port_bus.ts";
@@ -124,8 +142,8 @@ export const STEP_INTERCEPT = 4;
 /**
  * step(): decoded fine but not executed by this interpreter (with
  * {@link Interpreter.systemInstructions} off: IN/OUT, SYSCALL, IRET, LGDT, PUSHF, ...; with
- * it on: WBINVD, IRET with a 16-bit operand, SYSRET to compatibility mode); nothing
- * executed, RIP unchanged, `decoded` holds it.
+ * it on: WBINVD, IRET with a 16-bit operand, SYSRET to compatibility mode; either way
+ * PUSH/POP with a 16-bit operand); nothing executed, RIP unchanged, `decoded` holds it.
  */
 export const STEP_UNSUPPORTED = 5;
 /** run() / resume(): stopped after `maxSteps` steps without finishing. */
@@ -136,6 +154,13 @@ export const STEP_LIMIT = 6;
  * #DF delivery; `cpu.exception` holds the last fault.
  */
 export const STEP_TRIPLE_FAULT = 7;
+/**
+ * step(): RIP lies in the host-service page ({@link Interpreter.serviceBase},
+ * {@link Interpreter.serviceLimit}); nothing executed, {@link Interpreter.serviceNumber}
+ * says which 16-byte slot. The host runs the service, then calls
+ * {@link Interpreter.returnFromService}.
+ */
+export const STEP_SERVICE = 8;
 
 /** #BP: breakpoint (vector 3), raised by INT3. */
 export const VECTOR_BP = 3;
@@ -250,7 +275,7 @@ const RFLAGS_AC = 0x40000;
 const RFLAGS_VIF = 0x80000;
 const RFLAGS_VIP = 0x100000;
 const RFLAGS_ID = 0x200000;
-/** The status flags ADD/SUB/AND/OR/CMPXCHG write. */
+/** The status flags ADD/SUB/AND/OR/XOR/CMP/TEST/CMPXCHG write (INC/DEC all but CF). */
 const RFLAGS_ARITH = RFLAGS_CF | RFLAGS_PF | RFLAGS_AF | RFLAGS_ZF | RFLAGS_SF | RFLAGS_OF;
 /**
  * The flags POPF and IRET load at any CPL (SDM Vol. 2 POPF and IRET, "Operation"). IF
@@ -328,6 +353,42 @@ function parityFlag(value: number): number {
 }
 
 /**
+ * Whether Jcc condition `cc` (0..15, SDM Vol. 1 Table B-1) holds for `rflags`. Each pair
+ * is a test and its negation: O (OF), B (CF), E (ZF), BE (CF or ZF), S (SF), P (PF),
+ * L (SF != OF), LE (ZF or SF != OF); the odd conditions are the "not" ones.
+ */
+function conditionHolds(cc: number, rflags: number): boolean {
+  let holds: number;
+  switch (cc >>> 1) {
+    case 0:
+      holds = rflags & RFLAGS_OF;
+      break;
+    case 1:
+      holds = rflags & RFLAGS_CF;
+      break;
+    case 2:
+      holds = rflags & RFLAGS_ZF;
+      break;
+    case 3:
+      holds = rflags & (RFLAGS_CF | RFLAGS_ZF);
+      break;
+    case 4:
+      holds = rflags & RFLAGS_SF;
+      break;
+    case 5:
+      holds = rflags & RFLAGS_PF;
+      break;
+    case 6:
+      holds = ((rflags >>> 7) ^ (rflags >>> 11)) & 1; // SF (bit 7) != OF (bit 11)
+      break;
+    default:
+      holds = (rflags & RFLAGS_ZF) | (((rflags >>> 7) ^ (rflags >>> 11)) & 1);
+      break;
+  }
+  return (holds !== 0) !== ((cc & 1) !== 0);
+}
+
+/**
  * Number of `size`-byte elements, starting with the one at linear `va` and moving by `step`
  * bytes, that lie wholly in the 4 KiB page of `va` (0 when the first one crosses it).
  */
@@ -335,6 +396,52 @@ function elementsInPage(va: number, step: number, size: number): number {
   const offset = va & 0xfff;
   if (offset + size > PAGE_SIZE) return 0;
   return step > 0 ? Math.floor((PAGE_SIZE - offset) / size) : Math.floor(offset / size) + 1;
+}
+
+/**
+ * The interpreter's per-run state, for {@link Interpreter.saveContext} and
+ * {@link Interpreter.restoreContext}: a caller allocates one per context it keeps (a
+ * guest's user thread, a kernel entry) and reuses it, so saving and restoring allocate
+ * nothing. Fields are public so that the host can edit a saved context (a result in RAX,
+ * another thread's RSP) before restoring it.
+ *
+ * @example Save, clobber, edit and restore
+ * ```ts
+ * import { Interpreter, InterpreterContext, MachineMemory, PagingControl, Stats, Vcpu }
+ *   from "../../mod.ts";
+ * import assert from "node:assert/strict";
+ * const cpu = new Vcpu(new MachineMemory({ frames: 4 }), new PagingControl({ cpl: 3 }), new Stats());
+ * const it = new Interpreter(cpu);
+ * const saved = new InterpreterContext();
+ * it.setReg(4, 0x7ff0); // rsp
+ * it.rip = 0x1234;
+ * it.saveContext(saved);
+ * cpu.ctl.cpl = 0; // the host runs a kernel routine, clobbering registers
+ * it.setReg(4, 0x9000);
+ * saved.regs[0] = 42; // the service's result in RAX
+ * it.restoreContext(saved);
+ * assert.deepEqual([it.rip, it.regLo(4), it.regLo(0), cpu.ctl.cpl], [0x1234, 0x7ff0, 42, 3]);
+ * ```
+ */
+export class InterpreterContext {
+  /** General registers as u32 halves, laid out as {@link Interpreter.regs}. */
+  readonly regs: Uint32Array = new Uint32Array(32);
+  /** RIP (48-bit linear value). */
+  rip = 0;
+  /** RFLAGS, low 32 bits. */
+  rflags = 0x2;
+  /** FS base (48-bit linear value). */
+  fsBase = 0;
+  /** GS base (48-bit linear value). */
+  gsBase = 0;
+  /** CPL (0..3), the vCPU's `ctl.cpl`. */
+  cpl = 0;
+  /** CALL frames the routine made and has not returned from (routine mode). */
+  callDepth = 0;
+  /** Whether RET always pops (guest mode, {@link Interpreter.runGuest}). */
+  guestMode = false;
+  /** Whether interrupts are blocked for one more instruction (after an STI that set IF). */
+  interruptShadow = false;
 }
 
 /**
@@ -378,9 +485,9 @@ export class Interpreter {
   /** RIP as a 48-bit linear value (as everywhere in lib/x86). */
   rip = 0;
   /**
-   * RFLAGS, low 32 bits; reset value 0x2. ADD/SUB/AND/OR/CMPXCHG set CF, PF, AF, ZF, SF
-   * and OF; BTS/BTR set CF; CLI/STI clear/set IF (bit 9); DF (bit 10) makes string
-   * instructions go down.
+   * RFLAGS, low 32 bits; reset value 0x2. ADD/SUB/AND/OR/XOR/CMP/TEST/CMPXCHG set CF, PF,
+   * AF, ZF, SF and OF; INC/DEC all of them but CF; BTS/BTR set CF; CLI/STI clear/set IF
+   * (bit 9); DF (bit 10) makes string instructions go down; Jcc reads them.
    */
   rflags = 0x2;
   /** FS base (48-bit linear value), added to addresses with a 64 segment override. */
@@ -404,9 +511,10 @@ export class Interpreter {
   /**
    * Whether step() executes the system instructions (INT n, INT3, IRETQ, SYSCALL, SYSRETQ,
    * PUSHF, POPF, IN, OUT, LGDT, LIDT, SGDT, SIDT), applies IOPL to CLI/STI/IN/OUT and
-   * UMIP to SGDT/SIDT, and delivers pending external interrupts when IF = 1. Off (the
-   * default), those instructions are STEP_UNSUPPORTED and CLI/STI need CPL 0, exactly as
-   * before issue 9.
+   * UMIP to SGDT/SIDT, delivers pending external interrupts when IF = 1, and stops at the
+   * host-service range ({@link serviceBase}). Off (the default), those instructions are
+   * STEP_UNSUPPORTED and CLI/STI need CPL 0, exactly as before issue 9. The ordinary
+   * instructions (PUSH/POP, CMP/TEST/XOR/INC/DEC, Jcc, MOVZX, ...) run either way.
    */
   systemInstructions = false;
   /** IDTR base (48-bit linear value). LIDT loads it; event delivery reads gates there. */
@@ -430,6 +538,18 @@ export class Interpreter {
   ports: PortBus | null = null;
   /** Deliveries through the IDT per vector (0..255), whatever the kind of event. */
   readonly deliveries: Float64Array = new Float64Array(256);
+  /**
+   * Linear start (48-bit value) of the host-service range, or -1 for none. With
+   * {@link systemInstructions} set, step() at a RIP in
+   * [serviceBase, serviceBase + serviceLimit) returns {@link STEP_SERVICE} without
+   * fetching: the guest kernel's stubs `call` into it where a real kernel would call its
+   * compiled C code, and the host runs a TypeScript body instead.
+   */
+  serviceBase: number = -1;
+  /** Bytes in the host-service range (0: none). Each service is a 16-byte slot. */
+  serviceLimit = 0;
+  /** The slot STEP_SERVICE stopped at: floor((RIP - serviceBase) / 16). */
+  serviceNumber = 0;
 
   readonly #counts: Float64Array;
   // Pending external interrupts, one bit per vector (an IRR), and how many bits are set.
@@ -440,6 +560,8 @@ export class Interpreter {
   readonly #buffer = new Uint8Array(16);
   readonly #views: Uint8Array[] = [];
   #callDepth = 0;
+  // Guest mode: RET always pops (runGuest); routine mode: an unmatched RET returns (run).
+  #guestMode = false;
   // The address of the instruction after `decoded` (48-bit linear value).
   #next = 0;
   // High half of the value the last #reg()/#loadRm() returned.
@@ -513,18 +635,55 @@ export class Interpreter {
    * ```
    */
   run(rip: number, maxSteps = 100000): number {
-    if (!Number.isInteger(rip) || rip < 0 || rip >= LINEAR_LIMIT) {
-      throw new RangeError(`Cannot run at rip ${rip}: must be a 48-bit linear value`);
-    }
+    checkRip(rip, "run at");
     this.rip = rip;
     this.#callDepth = 0;
+    this.#guestMode = false;
     return this.resume(maxSteps);
+  }
+
+  /**
+   * Continues at the current RIP in guest mode until a result other than STEP_OK, or
+   * STEP_LIMIT after `maxSteps` steps: as resume(), except that RET always pops its
+   * return address (never STEP_RETURN, whatever the CALL depth), as it does on hardware.
+   * For running a whole guest (kernel stubs, user programs) rather than one kernel
+   * routine; run() switches back to routine mode.
+   *
+   * @example A loop, then a RET with no CALL: `mov ecx, 5; l: add eax, 2; dec ecx; jnz l; ret`
+   * ```ts
+   * import { Interpreter, MachineMemory, PagingControl, Stats, Vcpu, STEP_HALT }
+   *   from "../../mod.ts";
+   * import assert from "node:assert/strict";
+   * const memory = new MachineMemory({ frames: 4 });
+   * const code = [0xb9, 5, 0, 0, 0, 0x83, 0xc0, 0x02, 0xff, 0xc9, 0x75, 0xf9, 0xc3];
+   * code.forEach((b, i) => memory.write8(0x1000 + i, b));
+   * memory.write8(0x1800, 0xf4); // hlt
+   * memory.write32(0x2ff8, 0x1800); // the return address RET pops
+   * const stats = new Stats();
+   * const paging = new PagingControl({ cr0: 0x11, cr4: 0, efer: 0 }); // off: linear = physical
+   * const it = new Interpreter(new Vcpu(memory, paging, stats));
+   * it.rip = 0x1000;
+   * it.setReg(4, 0x2ff8); // rsp
+   * assert.equal(it.runGuest(), STEP_HALT);
+   * assert.deepEqual([it.regLo(0), it.regLo(1), it.rip, it.regLo(4)], [10, 0, 0x1801, 0x3000]);
+   * assert.equal(stats.get("cpu.instructions"), 1 + 3 * 5 + 1 + 1);
+   * ```
+   */
+  runGuest(maxSteps = 100000): number {
+    this.#guestMode = true;
+    return this.resume(maxSteps);
+  }
+
+  /** Whether the interpreter is in guest mode (runGuest) rather than routine mode (run). */
+  get guestMode(): boolean {
+    return this.#guestMode;
   }
 
   /**
    * Continues at the current RIP (after a fault was resolved, or an intercepted
    * instruction was emulated and skipped) until a result other than STEP_OK, or
-   * STEP_LIMIT after `maxSteps` steps. Keeps the CALL depth.
+   * STEP_LIMIT after `maxSteps` steps. Keeps the CALL depth and the mode (guest or
+   * routine).
    */
   resume(maxSteps = 100000): number {
     for (let i = 0; i < maxSteps; i++) {
@@ -541,6 +700,62 @@ export class Interpreter {
   skip(): void {
     const next = this.rip + this.decoded.length;
     this.rip = next >= LINEAR_LIMIT ? next - LINEAR_LIMIT : next;
+  }
+
+  /**
+   * Returns from a host service as the guest's RET would have (SDM Vol. 2 RET, near): reads
+   * the return address at RSP (8 bytes, through the vCPU), checks that it is canonical,
+   * then RSP += 8 and RIP = the address, and counts one instruction. Call it after
+   * step() returned {@link STEP_SERVICE} and the host ran the service (typically after
+   * {@link restoreContext}). In routine mode it also closes the CALL frame the stub's
+   * `call` opened.
+   *
+   * @returns STEP_OK; or STEP_FAULT with nothing changed and the fault in `cpu.exception`:
+   *   #SS(0) for a non-canonical RSP, the read's #PF (or EPT exit), #GP(0) for a
+   *   non-canonical return address.
+   */
+  returnFromService(): number {
+    return this.#popReturnAddress();
+  }
+
+  /**
+   * Copies the per-run state into `into` (allocating nothing): the registers, RIP, RFLAGS,
+   * FS/GS base, the vCPU's CPL, the CALL depth, the mode (guest or routine) and the STI
+   * interrupt shadow. Not saved: the machine state every context shares (control
+   * registers, IDTR/GDTR, RSP0, LSTAR/FMASK, CR8, pending interrupts, intercepts).
+   */
+  saveContext(into: InterpreterContext): void {
+    into.regs.set(this.regs);
+    into.rip = this.rip;
+    into.rflags = this.rflags;
+    into.fsBase = this.fsBase;
+    into.gsBase = this.gsBase;
+    into.cpl = this.cpu.ctl.cpl;
+    into.callDepth = this.#callDepth;
+    into.guestMode = this.#guestMode;
+    into.interruptShadow = this.#interruptShadow;
+  }
+
+  /**
+   * Loads the per-run state saved by {@link saveContext} (and perhaps edited since),
+   * setting `cpu.ctl.cpl` and the AC flag the paging control keeps for SMAP. Allocates
+   * nothing. Throws a RangeError for a RIP that is not a 48-bit linear value or a CPL
+   * outside 0..3, leaving the state unchanged.
+   */
+  restoreContext(from: InterpreterContext): void {
+    checkRip(from.rip, "restore");
+    const ctl = this.cpu.ctl;
+    ctl.cpl = from.cpl; // throws before anything changed
+    this.regs.set(from.regs);
+    this.rip = from.rip;
+    const flags = from.rflags >>> 0;
+    this.rflags = flags;
+    if (((ctl.rflags ^ flags) & RFLAGS_AC) !== 0) ctl.rflags = (ctl.rflags ^ RFLAGS_AC) >>> 0;
+    this.fsBase = from.fsBase;
+    this.gsBase = from.gsBase;
+    this.#callDepth = from.callDepth;
+    this.#guestMode = from.guestMode;
+    this.#interruptShadow = from.interruptShadow;
   }
 
   /**
@@ -571,8 +786,10 @@ export class Interpreter {
    *
    * The pushed RIP is the current RIP: a fault's RIP as step() left it, or (for a
    * `software` event) the instruction after the INT, which the caller sets. The pushed CS
-   * and SS are this lab's flat selectors for the old CPL (KERNEL_CS/KERNEL_SS at 0,
-   * USER_CS/USER_SS at 3): no segment registers are modelled.
+   * and SS are this lab's flat selectors for the old CPL: KERNEL_CS/KERNEL_SS with RPL =
+   * the old CPL at CPL 0, 1 and 2 (0x08/0x10, 0x09/0x11, 0x0a/0x12), USER_CS/USER_SS at
+   * 3, so that IRETQ (new CPL = CS.RPL) returns to the ring the event came from. No
+   * segment registers are modelled.
    *
    * On failure:
    * - `software`: STEP_FAULT with the fault in `cpu.exception` and nothing changed but
@@ -659,6 +876,10 @@ export class Interpreter {
    * translated), decode, privilege check, intercept check, execute. Returns one of the
    * `STEP_*` codes; never throws for anything the guest's bytes or state can do.
    *
+   * With {@link systemInstructions} set, a pending interrupt is delivered first (that step
+   * executes nothing), then a RIP in the host-service range returns {@link STEP_SERVICE}
+   * before anything is fetched.
+   *
    * A REP string instruction does at most 2^16 iterations per step: if RCX is not zero
    * after that, step() returns STEP_OK with RIP still at the instruction (as a REP paused
    * for an interrupt), and the next step() continues it.
@@ -669,6 +890,11 @@ export class Interpreter {
       this.#interruptShadow = false;
       if (this.#pendingCount !== 0 && !shadow && (this.rflags & RFLAGS_IF) !== 0) {
         return this.#deliverPendingInterrupt();
+      }
+      const offset = this.rip - this.serviceBase;
+      if (offset >= 0 && offset < this.serviceLimit && this.serviceBase >= 0) {
+        this.serviceNumber = Math.floor(offset / 16);
+        return STEP_SERVICE;
       }
     }
     const cpu = this.cpu;
@@ -736,7 +962,19 @@ export class Interpreter {
       case OP_OR:
       case OP_AND:
       case OP_SUB:
+      case OP_XOR:
+      case OP_CMP:
+      case OP_TEST:
         return this.#arithmetic(op);
+      case OP_INC:
+      case OP_DEC:
+        return this.#incDec(op === OP_INC);
+      case OP_MOVZX:
+        return this.#movzx();
+      case OP_PUSH:
+        return this.#pushInstruction();
+      case OP_POP:
+        return this.#popInstruction();
       case OP_BTS:
       case OP_BTR:
         return this.#bitTestAnd(op === OP_BTS);
@@ -768,13 +1006,11 @@ export class Interpreter {
       case OP_HLT:
         this.#retire();
         return STEP_HALT;
-      case OP_JMP: {
-        const target = this.#branchTarget();
-        if (target < 0) return this.#gp();
-        this.rip = target;
-        this.#counts[CPU_INSTRUCTIONS]++;
-        return STEP_OK;
-      }
+      case OP_JMP:
+        return this.#jump();
+      case OP_JCC:
+        // Not taken: no check of the target (SDM Vol. 2 Jcc).
+        return conditionHolds(this.decoded.condition, this.rflags) ? this.#jump() : this.#retire();
       case OP_CALL:
         return this.#call();
       case OP_RET:
@@ -934,7 +1170,9 @@ export class Interpreter {
     return this.#retire();
   }
 
-  // ADD/OR/AND/SUB in the forms r/m, r; r, r/m; r/m, imm.
+  // ADD/OR/AND/SUB/XOR/CMP/TEST in the forms r/m, r; r, r/m; r/m, imm (the accumulator
+  // forms are r/m, imm with rm 0). CMP is SUB and TEST is AND without the store (SDM Vol. 2
+  // CMP, TEST): a memory operand is only read, so a read-only page does not fault.
   #arithmetic(op: number): number {
     const d = this.decoded;
     const size = d.operandSize;
@@ -957,13 +1195,86 @@ export class Interpreter {
         bHi = size === 8 ? d.immHi >>> 0 : 0;
       }
     }
-    this.#alu(op, size, aLo, aHi, bLo, bHi);
+    this.#alu(op === OP_CMP ? OP_SUB : op === OP_TEST ? OP_AND : op, size, aLo, aHi, bLo, bHi);
     const lo = this.#resultLo;
     const hi = this.#resultHi;
     const flags = this.#resultFlags;
-    if (d.form === FORM_REG_RM) this.#setReg(d.reg, size, lo, hi);
-    else if (!this.#storeRm(size, lo, hi)) return STEP_FAULT;
+    if (op !== OP_CMP && op !== OP_TEST) {
+      if (d.form === FORM_REG_RM) this.#setReg(d.reg, size, lo, hi);
+      else if (!this.#storeRm(size, lo, hi)) return STEP_FAULT;
+    }
     this.#commitFlags(RFLAGS_ARITH, flags);
+    return this.#retire();
+  }
+
+  // INC / DEC r/m (SDM Vol. 2 INC, DEC): ADD / SUB of 1 that leaves CF as it was.
+  #incDec(isInc: boolean): number {
+    const size = this.decoded.operandSize;
+    if (!this.#loadRm(size)) return STEP_FAULT;
+    this.#alu(isInc ? OP_ADD : OP_SUB, size, this.#resultLo, this.#hi, 1, 0);
+    if (!this.#storeRm(size, this.#resultLo, this.#resultHi)) return STEP_FAULT;
+    const mask = RFLAGS_ARITH & ~RFLAGS_CF;
+    this.#commitFlags(mask, this.#resultFlags & mask);
+    return this.#retire();
+  }
+
+  // MOVZX r, r/m8 / r/m16 (SDM Vol. 2 MOVZX): the source zero-extended to the destination
+  // (a 16-bit destination keeps bits 63:16, as every 16-bit write).
+  #movzx(): number {
+    const d = this.decoded;
+    if (!this.#loadRm(d.opcode === 0x0fb6 ? 1 : 2)) return STEP_FAULT;
+    this.#setReg(d.reg, d.operandSize, this.#resultLo, 0);
+    return this.#retire();
+  }
+
+  /*
+   * PUSH r64 / r/m64 / imm (SDM Vol. 2 PUSH): the value is read first, so `push rsp`
+   * pushes the old RSP and `push [rsp+8]` addresses with it; then RSP - 8 is written and
+   * RSP moves only when the write succeeded. The 16-bit push (66) is not modelled.
+   */
+  #pushInstruction(): number {
+    const d = this.decoded;
+    if (d.operandSize !== 8) return STEP_UNSUPPORTED;
+    let lo: number, hi: number;
+    if (d.form === FORM_IMM) {
+      lo = d.imm >>> 0;
+      hi = d.immHi >>> 0;
+    } else {
+      if (!this.#loadRm(8)) return STEP_FAULT;
+      lo = this.#resultLo;
+      hi = this.#hi;
+    }
+    return this.#pushQword(lo, hi) ? this.#retire() : STEP_FAULT;
+  }
+
+  /*
+   * POP r64 / m64 (SDM Vol. 2 POP): reads the qword at RSP, then RSP += 8, then stores it:
+   * `pop rsp` leaves the popped value in RSP, and a memory destination's address is
+   * computed with the incremented RSP. A fault (the read, or the store) leaves RSP as it
+   * was. The 16-bit pop (66) is not modelled.
+   */
+  #popInstruction(): number {
+    const d = this.decoded;
+    if (d.operandSize !== 8) return STEP_UNSUPPORTED;
+    const regs = this.regs;
+    const oldLo = regs[8]!;
+    const oldHi = regs[9]!;
+    const sp = canonicalToLinear(oldHi, oldLo);
+    if (sp < 0) return this.#ss();
+    const cpu = this.cpu;
+    if (!cpu.read(sp, 8)) return STEP_FAULT;
+    const lo = cpu.data;
+    const hi = cpu.dataHi;
+    this.#addToReg(4, 8, false);
+    if (!d.isMemory) {
+      this.#setReg(d.rm, 8, lo, hi);
+      return this.#retire();
+    }
+    if (this.#memoryOperand(0, 0) < 0 || !cpu.write(this.#ea, 8, lo, hi)) {
+      regs[8] = oldLo;
+      regs[9] = oldHi;
+      return STEP_FAULT;
+    }
     return this.#retire();
   }
 
@@ -1254,33 +1565,56 @@ export class Interpreter {
     return this.#retire();
   }
 
+  // Writes qword hi:lo at RSP - 8 and moves RSP there. False with #SS(0) raised for a
+  // non-canonical RSP - 8, or with the write's fault, RSP unchanged either way.
+  #pushQword(lo: number, hi: number): boolean {
+    const regs = this.regs;
+    let spLo = regs[8]! - 8;
+    let spHi = regs[9]!;
+    if (spLo < 0) {
+      spLo += TWO_32;
+      spHi--;
+    }
+    const sp = canonicalToLinear(spHi, spLo);
+    if (sp < 0) return this.#raise(VECTOR_SS, 0);
+    if (!this.cpu.write(sp, 8, lo, hi)) return false;
+    regs[8] = spLo;
+    regs[9] = spHi;
+    return true;
+  }
+
+  // JMP rel8/rel32 and a taken Jcc: #GP(0) at the instruction for a non-canonical target.
+  #jump(): number {
+    const target = this.#branchTarget();
+    if (target < 0) return this.#gp();
+    this.rip = target;
+    this.#counts[CPU_INSTRUCTIONS]++;
+    return STEP_OK;
+  }
+
   // CALL rel32: #GP(0) for a non-canonical target, #SS(0) for a non-canonical stack; the
   // return address is pushed with cpu.write and RSP changes only when it succeeds.
   #call(): number {
     const target = this.#branchTarget();
     if (target < 0) return this.#gp();
-    const regs = this.regs;
-    let lo = regs[8]! - 8;
-    let hi = regs[9]!;
-    if (lo < 0) {
-      lo += TWO_32;
-      hi--;
-    }
-    const sp = canonicalToLinear(hi, lo);
-    if (sp < 0) return this.#ss();
     const next = this.#next;
-    if (!this.cpu.write(sp, 8, next >>> 0, linearHigh32(next))) return STEP_FAULT;
-    regs[8] = lo;
-    regs[9] = hi;
+    if (!this.#pushQword(next >>> 0, linearHigh32(next))) return STEP_FAULT;
     this.#callDepth++;
     this.rip = target;
     this.#counts[CPU_INSTRUCTIONS]++;
     return STEP_OK;
   }
 
-  // RET: pops a frame an interpreted CALL pushed, or returns to the TypeScript caller.
+  // RET: in routine mode with no interpreted CALL frame, returns to the TypeScript caller;
+  // otherwise pops the return address as hardware does.
   #ret(): number {
-    if (this.#callDepth === 0) return STEP_RETURN;
+    if (this.#callDepth === 0 && !this.#guestMode) return STEP_RETURN;
+    return this.#popReturnAddress();
+  }
+
+  // RET's pop (SDM Vol. 2 RET, near): #SS(0) for a non-canonical RSP, #GP(0) for a
+  // non-canonical return address; RSP and RIP change only when both are fine.
+  #popReturnAddress(): number {
     const regs = this.regs;
     const sp = canonicalToLinear(regs[9]!, regs[8]!);
     if (sp < 0) return this.#ss();
@@ -1289,7 +1623,7 @@ export class Interpreter {
     const target = canonicalToLinear(cpu.dataHi, cpu.data);
     if (target < 0) return this.#gp();
     this.#addToReg(4, 8, false);
-    this.#callDepth--;
+    if (this.#callDepth > 0) this.#callDepth--;
     this.rip = target;
     this.#counts[CPU_INSTRUCTIONS]++;
     return STEP_OK;
@@ -1808,9 +2142,10 @@ export class Interpreter {
   // --- Flags -------------------------------------------------------------------------------
 
   /*
-   * a OP b for ADD/OR/AND/SUB at `size` bytes (operands unsigned, masked to size) into
+   * a OP b for ADD/OR/AND/SUB/XOR at `size` bytes (operands unsigned, masked to size) into
    * #resultLo/#resultHi and the status flags into #resultFlags: CF carry/borrow, OF signed
-   * overflow, ZF, SF, PF of the low byte, AF carry out of bit 3; AND/OR clear CF, OF, AF.
+   * overflow, ZF, SF, PF of the low byte, AF carry out of bit 3; AND/OR/XOR clear CF and
+   * OF, and AF (which the SDM leaves undefined for them).
    */
   #alu(op: number, size: number, aLo: number, aHi: number, bLo: number, bHi: number): void {
     let lo: number, hi = 0;
@@ -1839,9 +2174,12 @@ export class Interpreter {
       } else if (op === OP_AND) {
         lo = (aLo & bLo) >>> 0;
         hi = (aHi & bHi) >>> 0;
-      } else {
+      } else if (op === OP_OR) {
         lo = (aLo | bLo) >>> 0;
         hi = (aHi | bHi) >>> 0;
+      } else {
+        lo = (aLo ^ bLo) >>> 0;
+        hi = (aHi ^ bHi) >>> 0;
       }
       if ((lo | hi) === 0) flags |= RFLAGS_ZF;
       if ((hi & 0x80000000) !== 0) flags |= RFLAGS_SF;
@@ -1860,8 +2198,10 @@ export class Interpreter {
         if (((aLo ^ bLo) & (aLo ^ lo) & sign) !== 0) flags |= RFLAGS_OF;
       } else if (op === OP_AND) {
         lo = (aLo & bLo) >>> 0;
-      } else {
+      } else if (op === OP_OR) {
         lo = (aLo | bLo) >>> 0;
+      } else {
+        lo = (aLo ^ bLo) >>> 0;
       }
       if (lo === 0) flags |= RFLAGS_ZF;
       if ((lo & sign) !== 0) flags |= RFLAGS_SF;
@@ -1916,6 +2256,12 @@ function linearAdd(va: number, delta: number): number {
   if (sum < 0) return sum + LINEAR_LIMIT;
   if (sum >= LINEAR_LIMIT) return sum - LINEAR_LIMIT;
   return (va < UPPER_HALF_START) === (sum < UPPER_HALF_START) ? sum : -1;
+}
+
+function checkRip(rip: number, action: string): void {
+  if (!Number.isInteger(rip) || rip < 0 || rip >= LINEAR_LIMIT) {
+    throw new RangeError(`Cannot ${action} rip ${rip}: must be a 48-bit linear value`);
+  }
 }
 
 function checkRegister(r: number): void {

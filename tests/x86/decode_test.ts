@@ -19,17 +19,21 @@ import {
   OP_BTS,
   OP_CALL,
   OP_CLI,
+  OP_CMP,
   OP_CMPXCHG,
   OP_CMPXCHG16B,
   OP_CMPXCHG8B,
+  OP_DEC,
   OP_HLT,
   OP_IN,
+  OP_INC,
   OP_INT,
   OP_INT3,
   OP_INVALID,
   OP_INVLPG,
   OP_INVPCID,
   OP_IRET,
+  OP_JCC,
   OP_JMP,
   OP_LGDT,
   OP_LIDT,
@@ -37,10 +41,13 @@ import {
   OP_MOV_FROM_CR,
   OP_MOV_TO_CR,
   OP_MOVS,
+  OP_MOVZX,
   OP_NOP,
   OP_OR,
   OP_OUT,
+  OP_POP,
   OP_POPF,
+  OP_PUSH,
   OP_PUSHF,
   OP_RET,
   OP_SGDT,
@@ -50,8 +57,10 @@ import {
   OP_SUB,
   OP_SYSCALL,
   OP_SYSRET,
+  OP_TEST,
   OP_WBINVD,
   OP_XCHG,
+  OP_XOR,
 } from "../../lib/x86/decode.ts";
 
 /** "48 89 37" -> bytes. */
@@ -530,6 +539,196 @@ const VALID_CASES: ValidCase[] = [
   { hex: "e9 fb 0f 00 00", text: "jmp $+0x1000", fields: { op: OP_JMP, immSize: 4 } },
   { hex: "e8 fb 0f 00 00", text: "call $+0x1000", fields: { op: OP_CALL, imm: 0xffb } },
   { hex: "e8 f0 ff ff ff", text: "call $-0xb", fields: { imm: -16 } },
+  // The ALU block's byte and accumulator forms (rm 0: AL/AX/EAX/RAX, no ModRM).
+  { hex: "00 c8", text: "add al, cl", fields: { op: OP_ADD, form: FORM_RM_REG, operandSize: 1 } },
+  { hex: "02 07", text: "add al, byte ptr [rdi]", fields: { form: FORM_REG_RM, operandSize: 1 } },
+  {
+    hex: "04 7f",
+    text: "add al, 0x7f",
+    fields: { op: OP_ADD, form: FORM_RM_IMM, rm: 0, hasModrm: false, isMemory: false, imm: 0x7f },
+  },
+  { hex: "05 ff ff ff ff", text: "add eax, 0xffffffff", fields: { operandSize: 4, immSize: 4 } },
+  {
+    hex: "48 05 00 00 00 80",
+    text: "add rax, 0xffffffff80000000",
+    fields: { operandSize: 8, immSize: 4, imm: -0x80000000, immHi: -1 },
+  },
+  { hex: "66 05 34 12", text: "add ax, 0x1234", fields: { operandSize: 2, immSize: 2 } },
+  { hex: "0c 01", text: "or al, 0x1", fields: { op: OP_OR, operandSize: 1 } },
+  { hex: "0d 00 01 00 00", text: "or eax, 0x100", fields: { op: OP_OR, operandSize: 4 } },
+  { hex: "24 f0", text: "and al, 0xf0", fields: { op: OP_AND, imm: 0xf0 } },
+  {
+    hex: "48 25 00 f0 ff ff",
+    text: "and rax, 0xfffffffffffff000",
+    fields: { op: OP_AND, imm: -0x1000, immHi: -1 },
+  },
+  { hex: "2c 01", text: "sub al, 0x1", fields: { op: OP_SUB, operandSize: 1 } },
+  { hex: "2d 01 00 00 00", text: "sub eax, 0x1", fields: { op: OP_SUB } },
+  {
+    hex: "80 07 80",
+    text: "add byte ptr [rdi], 0x80",
+    fields: { op: OP_ADD, form: FORM_RM_IMM, operandSize: 1, immSize: 1, imm: 0x80, immHi: 0 },
+  },
+  { hex: "80 c1 ff", text: "add cl, 0xff", fields: { rm: 1, isMemory: false } },
+  { hex: "41 80 20 fe", text: "and byte ptr [r8], 0xfe", fields: { op: OP_AND, base: 8 } },
+  { hex: "80 4f 08 01", text: "or byte ptr [rdi+0x8], 0x1", fields: { op: OP_OR, disp: 8 } },
+  { hex: "80 2f 01", text: "sub byte ptr [rdi], 0x1", fields: { op: OP_SUB, reg: 5 } },
+  // XOR.
+  {
+    hex: "48 31 c0",
+    text: "xor rax, rax",
+    fields: { op: OP_XOR, form: FORM_RM_REG, operandSize: 8, rm: 0, reg: 0 },
+  },
+  { hex: "31 c0", text: "xor eax, eax", fields: { op: OP_XOR, operandSize: 4 } },
+  { hex: "30 e4", text: "xor ah, ah", fields: { operandSize: 1, rm: 4, reg: 4, rex: 0 } },
+  { hex: "40 30 e4", text: "xor spl, spl", fields: { rex: 0x40 } },
+  { hex: "32 07", text: "xor al, byte ptr [rdi]", fields: { op: OP_XOR, form: FORM_REG_RM } },
+  { hex: "48 33 07", text: "xor rax, qword ptr [rdi]", fields: { op: OP_XOR, operandSize: 8 } },
+  { hex: "34 ff", text: "xor al, 0xff", fields: { op: OP_XOR, form: FORM_RM_IMM, rm: 0 } },
+  { hex: "35 78 56 34 12", text: "xor eax, 0x12345678", fields: { imm: 0x12345678 } },
+  {
+    hex: "48 35 ff ff ff ff",
+    text: "xor rax, 0xffffffffffffffff",
+    fields: { imm: -1, immHi: -1 },
+  },
+  { hex: "80 37 01", text: "xor byte ptr [rdi], 0x1", fields: { op: OP_XOR, reg: 6 } },
+  { hex: "81 f1 00 00 01 00", text: "xor ecx, 0x10000", fields: { op: OP_XOR, rm: 1 } },
+  { hex: "48 83 f0 ff", text: "xor rax, 0xffffffffffffffff", fields: { immSize: 1 } },
+  {
+    hex: "f0 48 31 07",
+    text: "lock xor qword ptr [rdi], rax",
+    fields: { op: OP_XOR, lock: true, lockPrefix: true },
+  },
+  { hex: "f0 80 37 01", text: "lock xor byte ptr [rdi], 0x1", fields: { lock: true } },
+  // CMP.
+  { hex: "38 c8", text: "cmp al, cl", fields: { op: OP_CMP, form: FORM_RM_REG, operandSize: 1 } },
+  { hex: "39 07", text: "cmp dword ptr [rdi], eax", fields: { op: OP_CMP, form: FORM_RM_REG } },
+  { hex: "48 39 f8", text: "cmp rax, rdi", fields: { rm: 0, reg: 7 } },
+  { hex: "3a 07", text: "cmp al, byte ptr [rdi]", fields: { op: OP_CMP, form: FORM_REG_RM } },
+  { hex: "3b 47 08", text: "cmp eax, dword ptr [rdi+0x8]", fields: { form: FORM_REG_RM } },
+  { hex: "3c 0a", text: "cmp al, 0xa", fields: { op: OP_CMP, form: FORM_RM_IMM, rm: 0 } },
+  { hex: "3d 00 10 00 00", text: "cmp eax, 0x1000", fields: { operandSize: 4, immSize: 4 } },
+  { hex: "48 3d ff 0f 00 00", text: "cmp rax, 0xfff", fields: { operandSize: 8 } },
+  { hex: "80 3f 00", text: "cmp byte ptr [rdi], 0x0", fields: { op: OP_CMP, reg: 7 } },
+  {
+    hex: "48 81 3f 00 00 00 80",
+    text: "cmp qword ptr [rdi], 0xffffffff80000000",
+    fields: { op: OP_CMP, imm: -0x80000000, immHi: -1 },
+  },
+  { hex: "48 83 ff ff", text: "cmp rdi, 0xffffffffffffffff", fields: { rm: 7, immSize: 1 } },
+  { hex: "83 7d fc 00", text: "cmp dword ptr [rbp-0x4], 0x0", fields: { base: 5, disp: -4 } },
+  // TEST.
+  { hex: "84 c0", text: "test al, al", fields: { op: OP_TEST, form: FORM_RM_REG, operandSize: 1 } },
+  { hex: "85 c0", text: "test eax, eax", fields: { op: OP_TEST, operandSize: 4 } },
+  { hex: "48 85 ff", text: "test rdi, rdi", fields: { operandSize: 8, rm: 7, reg: 7 } },
+  { hex: "84 27", text: "test byte ptr [rdi], ah", fields: { reg: 4, isMemory: true } },
+  {
+    hex: "a8 01",
+    text: "test al, 0x1",
+    fields: { op: OP_TEST, form: FORM_RM_IMM, rm: 0, hasModrm: false, operandSize: 1 },
+  },
+  { hex: "a9 00 02 00 00", text: "test eax, 0x200", fields: { immSize: 4 } },
+  { hex: "48 a9 01 00 00 00", text: "test rax, 0x1", fields: { operandSize: 8 } },
+  { hex: "66 a9 ff 7f", text: "test ax, 0x7fff", fields: { operandSize: 2, immSize: 2 } },
+  { hex: "f6 07 01", text: "test byte ptr [rdi], 0x1", fields: { op: OP_TEST, reg: 0 } },
+  { hex: "f6 c4 80", text: "test ah, 0x80", fields: { rm: 4, isMemory: false } },
+  { hex: "f7 c1 00 00 00 80", text: "test ecx, 0x80000000", fields: { operandSize: 4 } },
+  {
+    hex: "48 f7 07 ff ff ff ff",
+    text: "test qword ptr [rdi], 0xffffffffffffffff",
+    fields: { imm: -1, immHi: -1 },
+  },
+  { hex: "66 f7 07 34 12", text: "test word ptr [rdi], 0x1234", fields: { immSize: 2 } },
+  // INC and DEC.
+  { hex: "fe c0", text: "inc al", fields: { op: OP_INC, form: FORM_RM, operandSize: 1 } },
+  { hex: "fe 0f", text: "dec byte ptr [rdi]", fields: { op: OP_DEC, reg: 1 } },
+  { hex: "ff c1", text: "inc ecx", fields: { op: OP_INC, rm: 1, operandSize: 4 } },
+  { hex: "ff c9", text: "dec ecx", fields: { op: OP_DEC, rm: 1 } },
+  { hex: "48 ff c7", text: "inc rdi", fields: { operandSize: 8, rm: 7 } },
+  { hex: "48 ff 0f", text: "dec qword ptr [rdi]", fields: { op: OP_DEC, operandSize: 8 } },
+  { hex: "66 ff 07", text: "inc word ptr [rdi]", fields: { operandSize: 2 } },
+  { hex: "41 ff c0", text: "inc r8d", fields: { rm: 8 } },
+  { hex: "f0 ff 07", text: "lock inc dword ptr [rdi]", fields: { op: OP_INC, lock: true } },
+  { hex: "f0 48 ff 0f", text: "lock dec qword ptr [rdi]", fields: { op: OP_DEC, lock: true } },
+  // PUSH and POP: 64-bit by default; 50+r / 58+r put the register in rm.
+  {
+    hex: "50",
+    text: "push rax",
+    fields: { op: OP_PUSH, form: FORM_RM, rm: 0, operandSize: 8, hasModrm: false },
+  },
+  { hex: "55", text: "push rbp", fields: { rm: 5 } },
+  { hex: "41 57", text: "push r15", fields: { rm: 15, operandSize: 8 } },
+  { hex: "54", text: "push rsp", fields: { rm: 4 } },
+  { hex: "48 50", text: "push rax", fields: { operandSize: 8 } },
+  { hex: "66 50", text: "push ax", fields: { operandSize: 2 } },
+  { hex: "58", text: "pop rax", fields: { op: OP_POP, form: FORM_RM, rm: 0, operandSize: 8 } },
+  { hex: "5c", text: "pop rsp", fields: { op: OP_POP, rm: 4 } },
+  { hex: "41 5f", text: "pop r15", fields: { rm: 15 } },
+  {
+    hex: "8f 07",
+    text: "pop qword ptr [rdi]",
+    fields: { op: OP_POP, form: FORM_RM, isMemory: true, base: 7, operandSize: 8 },
+  },
+  { hex: "41 8f 00", text: "pop qword ptr [r8]", fields: { base: 8 } },
+  { hex: "8f c0", text: "pop rax", fields: { op: OP_POP, isMemory: false, rm: 0 } },
+  {
+    hex: "ff 37",
+    text: "push qword ptr [rdi]",
+    fields: { op: OP_PUSH, form: FORM_RM, reg: 6, operandSize: 8 },
+  },
+  { hex: "ff 74 24 08", text: "push qword ptr [rsp+0x8]", fields: { base: 4, disp: 8 } },
+  { hex: "48 ff 37", text: "push qword ptr [rdi]", fields: { operandSize: 8 } },
+  { hex: "ff f0", text: "push rax", fields: { op: OP_PUSH, isMemory: false, rm: 0 } },
+  {
+    hex: "6a 01",
+    text: "push 0x1",
+    fields: { op: OP_PUSH, form: FORM_IMM, immSize: 1, imm: 1, immHi: 0, operandSize: 8 },
+  },
+  { hex: "6a ff", text: "push 0xffffffffffffffff", fields: { imm: -1, immHi: -1 } },
+  { hex: "68 78 56 34 12", text: "push 0x12345678", fields: { immSize: 4, imm: 0x12345678 } },
+  {
+    hex: "68 00 00 00 80",
+    text: "push 0xffffffff80000000",
+    fields: { imm: -0x80000000, immHi: -1 },
+  },
+  { hex: "66 68 34 12", text: "push 0x1234", fields: { operandSize: 2, immSize: 2 } },
+  { hex: "66 6a ff", text: "push 0xffff", fields: { operandSize: 2, immSize: 1 } },
+  // Jcc: condition in SDM order O, NO, B, AE, E, NE, BE, A, S, NS, P, NP, L, GE, LE, G.
+  {
+    hex: "70 10",
+    text: "jo $+0x12",
+    fields: { op: OP_JCC, form: FORM_IMM, condition: 0, immSize: 1, imm: 0x10, operandSize: 8 },
+  },
+  { hex: "72 fe", text: "jb $+0x0", fields: { condition: 2, imm: -2, immHi: -1 } },
+  { hex: "74 00", text: "je $+0x2", fields: { condition: 4 } },
+  { hex: "75 f9", text: "jne $-0x5", fields: { condition: 5, imm: -7 } },
+  { hex: "7f 80", text: "jg $-0x7e", fields: { condition: 15, imm: -128 } },
+  { hex: "f2 75 00", text: "jne $+0x3", fields: { rep: 0xf2 } }, // BND hint, ignored
+  {
+    hex: "0f 84 00 10 00 00",
+    text: "je $+0x1006",
+    fields: { op: OP_JCC, opcode: 0x0f84, condition: 4, immSize: 4, imm: 0x1000 },
+  },
+  { hex: "0f 8c fa ff ff ff", text: "jl $+0x0", fields: { condition: 12, imm: -6 } },
+  { hex: "0f 8f 00 00 00 80", text: "jg $-0x7ffffffa", fields: { condition: 15 } },
+  // MOVZX: operandSize is the destination's; the source is a byte (B6) or a word (B7).
+  {
+    hex: "0f b6 c0",
+    text: "movzx eax, al",
+    fields: { op: OP_MOVZX, form: FORM_REG_RM, opcode: 0x0fb6, operandSize: 4, rm: 0 },
+  },
+  { hex: "0f b6 c4", text: "movzx eax, ah", fields: { rm: 4, rex: 0 } },
+  { hex: "40 0f b6 c4", text: "movzx eax, spl", fields: { rm: 4, rex: 0x40 } },
+  { hex: "0f b6 07", text: "movzx eax, byte ptr [rdi]", fields: { isMemory: true } },
+  { hex: "48 0f b6 07", text: "movzx rax, byte ptr [rdi]", fields: { operandSize: 8 } },
+  { hex: "0f b7 07", text: "movzx eax, word ptr [rdi]", fields: { opcode: 0x0fb7 } },
+  { hex: "48 0f b7 c1", text: "movzx rax, cx", fields: { operandSize: 8, rm: 1 } },
+  { hex: "66 0f b6 07", text: "movzx ax, byte ptr [rdi]", fields: { operandSize: 2 } },
+  { hex: "44 0f b6 3f", text: "movzx r15d, byte ptr [rdi]", fields: { reg: 15 } },
+  // The MOVs a guest's startup code uses.
+  { hex: "b9 05 00 00 00", text: "mov ecx, 0x5", fields: { op: OP_MOV, reg: 1, imm: 5 } },
+  { hex: "48 89 e7", text: "mov rdi, rsp", fields: { op: OP_MOV, rm: 7, reg: 4 } },
+  { hex: "c6 00 2a", text: "mov byte ptr [rax], 0x2a", fields: { operandSize: 1, imm: 0x2a } },
   // NOPs.
   { hex: "90", text: "nop", fields: { op: OP_NOP, form: FORM_NONE } },
   { hex: "66 90", text: "nop", fields: { op: OP_NOP } },
@@ -616,9 +815,35 @@ const INVALID_CASES: Array<{ hex: string; why: string }> = [
   { hex: "0f ba 27 05", why: "bt imm8 (/4)" },
   { hex: "0f ba 3f 05", why: "btc imm8 (/7)" },
   { hex: "0f 1f 48 00", why: "reserved-NOP 0F 1F /1" },
-  { hex: "48 81 3f 00 00 00 00", why: "cmp (81 /7)" },
   { hex: "48 83 17 01", why: "adc (83 /2)" },
-  { hex: "48 83 37 01", why: "xor (83 /6)" },
+  { hex: "48 83 1f 01", why: "sbb (83 /3)" },
+  { hex: "80 17 01", why: "adc (80 /2)" },
+  { hex: "10 c8", why: "adc r/m8, r8" },
+  { hex: "1b 07", why: "sbb r32, r/m32" },
+  { hex: "14 01", why: "adc al, imm8" },
+  { hex: "82 c0 01", why: "82 (invalid in 64-bit mode)" },
+  { hex: "f6 17", why: "not (F6 /2)" },
+  { hex: "f7 1f", why: "neg (F7 /3)" },
+  { hex: "f7 0f 00 00 00 00", why: "F7 /1 (reserved alias of TEST)" },
+  { hex: "fe 17", why: "FE /2" },
+  { hex: "ff 17", why: "call [rdi] (FF /2)" },
+  { hex: "ff 27", why: "jmp [rdi] (FF /4)" },
+  { hex: "ff 3f", why: "FF /7" },
+  { hex: "8f 0f", why: "8F /1 (AMD XOP)" },
+  { hex: "f0 48 39 07", why: "lock cmp" },
+  { hex: "f0 80 3f 00", why: "lock cmp imm" },
+  { hex: "f0 48 85 07", why: "lock test" },
+  { hex: "f0 f6 07 01", why: "lock test imm" },
+  { hex: "f0 ff c0", why: "lock inc of a register" },
+  { hex: "f0 ff 37", why: "lock push" },
+  { hex: "f0 8f 07", why: "lock pop" },
+  { hex: "f0 34 01", why: "lock xor al, imm8 (a register destination)" },
+  { hex: "f0 0f b6 07", why: "lock movzx" },
+  { hex: "f0 75 00", why: "lock jne" },
+  { hex: "66 75 00", why: "66 on jcc rel8 (model-specific)" },
+  { hex: "66 0f 84 00 00 00 00", why: "66 on jcc rel32 (model-specific)" },
+  { hex: "f2 0f 84 00 00 00 00", why: "F2 before 0F 84 (BND jcc, not modelled)" },
+  { hex: "f3 0f b6 07", why: "F3 before 0F B6" },
   { hex: "c7 f8 00 00 00 00", why: "xbegin (C7 F8)" },
   { hex: "c6 f8 00", why: "xabort (C6 F8)" },
   { hex: "c7 0f 00 00 00 00", why: "C7 /1" },
@@ -643,8 +868,8 @@ const INVALID_CASES: Array<{ hex: string; why: string }> = [
   { hex: "0f 0f c1 9e", why: "3DNow pfadd" },
   { hex: "0f 0b", why: "ud2" },
   { hex: "0f ff", why: "ud0" },
-  { hex: "00 00", why: "add r/m8, r8 (not in the subset)" },
-  { hex: "ff 37", why: "push m64" },
+  { hex: "0f b8 07", why: "jmpe (0F B8)" },
+  { hex: "0f be 07", why: "movsx (not in the subset)" },
 ];
 
 for (const c of INVALID_CASES) {
@@ -765,20 +990,35 @@ const ONE_BYTE_PREFIXES = new Set(
 // Opcodes whose ModRM digit (if any) does not matter.
 const SUBSET_ONE_BYTE = new Set(
   parseHex(
-    "01 03 09 0b 21 23 29 2b 86 87 88 89 8a 8b 90 9c 9d a4 a5 aa ab b8 b9 ba bb bc bd be bf " +
+    // ADD, OR, AND, SUB, XOR, CMP in all six forms (ADC 10-15 and SBB 18-1D are not).
+    "00 01 02 03 04 05 08 09 0a 0b 0c 0d 20 21 22 23 24 25 28 29 2a 2b 2c 2d " +
+      "30 31 32 33 34 35 38 39 3a 3b 3c 3d " +
+      "50 51 52 53 54 55 56 57 58 59 5a 5b 5c 5d 5e 5f 68 6a " +
+      "70 71 72 73 74 75 76 77 78 79 7a 7b 7c 7d 7e 7f 84 85 " +
+      "86 87 88 89 8a 8b 90 9c 9d a4 a5 a8 a9 aa ab b8 b9 ba bb bc bd be bf " +
       "c3 cc cd cf e4 e5 e6 e7 e8 e9 eb ec ed ee ef f4 fa fb",
   ),
 );
-const SUBSET_TWO_BYTE = new Set(parseHex("05 07 09 ab b0 b1 b3"));
+const SUBSET_TWO_BYTE = new Set(
+  parseHex("05 07 09 80 81 82 83 84 85 86 87 88 89 8a 8b 8c 8d 8e 8f ab b0 b1 b3 b6 b7"),
+);
 
 function isSubsetOneByteOpcode(opcode: number, digit: number): boolean {
   switch (opcode) {
+    case 0x80:
     case 0x81:
     case 0x83:
-      return digit === 0 || digit === 1 || digit === 4 || digit === 5;
+      return digit !== 2 && digit !== 3; // not ADC, SBB
+    case 0x8f:
     case 0xc6:
     case 0xc7:
+    case 0xf6:
+    case 0xf7:
       return digit === 0;
+    case 0xfe:
+      return digit <= 1;
+    case 0xff:
+      return digit <= 1 || digit === 6;
     default:
       return SUBSET_ONE_BYTE.has(opcode);
   }
@@ -858,6 +1098,12 @@ function makeXorshift32(seed: number): () => number {
 
 const FUZZ_PREFIXES = [0x66, 0x67, 0xf0, 0xf2, 0xf3, 0x2e, 0x64, 0x65, 0x48, 0x4c, 0x41, 0x40];
 const FUZZ_OPENERS = [
+  [0x39],
+  [0x80],
+  [0xf7],
+  [0xff],
+  [0x0f, 0x84],
+  [0x0f, 0xb6],
   [0x89],
   [0x8b],
   [0x87],
