@@ -52,6 +52,7 @@ import {
 } from "./frame_allocator.ts";
 import { KernelCode } from "./kernel_code.ts";
 import { KernelText } from "./kernel_text.ts";
+import type { TextFlavour } from "./entry_text.ts";
 import {
   DIRECT_MAP_BASE,
   ECHILD,
@@ -296,6 +297,8 @@ export interface GuestKernelOptions {
   recordFaults?: boolean;
   /** Builds the paging-ops backend; default the native (instruction) backend. */
   pagingOps?: (code: KernelCode) => PagingOps;
+  /** The system text's flavour: "native" (default) or "pv" (see entry_text.ts). */
+  textFlavour?: TextFlavour;
 }
 
 /** An area of an executable image. */
@@ -445,7 +448,10 @@ export class GuestKernel {
     this.#counts = platform.stats.counts;
     this.frames = new GuestFrameAllocator(platform.guestFrames, platform.stats);
     this.swap = new SwapDevice(options.swapSlots ?? platform.guestFrames);
-    this.code = new KernelCode(platform, new KernelText(KERNEL_TEXT_BASE));
+    this.code = new KernelCode(
+      platform,
+      new KernelText(KERNEL_TEXT_BASE, options.textFlavour ?? "native"),
+    );
     this.ops = options.pagingOps?.(this.code) ?? new NativePagingOps(this.code);
     this.#pcid = options.pcid ?? false;
     this.#directMapPageSize = options.directMapPageSize ?? PAGE_SIZE;
@@ -674,6 +680,51 @@ export class GuestKernel {
     const process = this.#running(pid);
     this.#switchTo(process);
     this.#exit(process, exitCode, 0, "");
+  }
+
+  /**
+   * exec's loader for one page: fills the page at `va` (page-aligned, inside an area of
+   * process `pid`, not yet mapped) with `bytes` (at most 4096, the rest zero), read from
+   * disk by DMA into a new frame, and maps it with the area's protection, as a file page
+   * faulted in by the loader. Returns 0, -EINVAL (no area, not aligned, already mapped,
+   * too many bytes) or -ENOMEM. Throws a RangeError if `pid` is not running.
+   */
+  loadPage(pid: number, va: number, bytes: Uint8Array): number {
+    const process = this.#running(pid);
+    const mm = process.mm!;
+    if (!isPageAligned(va) || bytes.length > PAGE_SIZE) return -EINVAL;
+    const vma = mm.vmas.find(va);
+    if (vma === undefined || vma.deviceGfn >= 0 || vma.shared) return -EINVAL;
+    const l1e = this.#l1eAddress(mm, va, true);
+    if (l1e < 0) return -ENOMEM;
+    const e = this.#readEntry(1, l1e);
+    if (e.lo !== 0 || e.hi !== 0) return -EINVAL;
+    const gfn = this.#allocate(FRAME_USE_USER);
+    if (gfn < 0) return -ENOMEM;
+    const page = this.#page;
+    page.fill(0);
+    new Uint8Array(page.buffer, page.byteOffset, PAGE_SIZE).set(bytes);
+    this.platform.dmaWrite(gfn, page);
+    const pa = gfn * PAGE_SIZE;
+    const lo = this.#protectedEntry(
+      pteLow(pa, PTE_PRESENT | PTE_USER),
+      pteHigh(pa),
+      vma.prot,
+      false,
+    );
+    this.#setEntry(1, l1e, lo, this.#wantHi);
+    return 0;
+  }
+
+  /**
+   * The kernel's exception entry in C (Linux's do_page_fault / do_trap): what the
+   * entry stubs' trap service calls for an exception. A user #PF is resolved (demand
+   * zero, COW, swap-in) or kills the process with SIGSEGV; another exception from user
+   * mode kills it; any exception from kernel mode is an oops that crashes the domain.
+   * Returns TRAP_RETRY (re-execute the instruction) or TRAP_ABANDON (the process is gone).
+   */
+  handleTrap(vector: number, errorCode: number, cr2: number, fromUser: boolean): number {
+    return this.#handleTrap(vector, errorCode, cr2, fromUser);
   }
 
   /**

@@ -11,6 +11,13 @@
  */
 
 import { PAGE_SIZE } from "../x86/address.ts";
+import {
+  layoutSystemText,
+  SERVICE_COUNT,
+  SERVICE_OFFSET,
+  type SystemLabel,
+  type TextFlavour,
+} from "./entry_text.ts";
 
 /** Register numbers used by the routines. */
 export const RAX = 0;
@@ -68,12 +75,20 @@ export type KernelRoutine = keyof typeof KERNEL_ROUTINES;
 export class KernelText {
   /** The page's 4096 bytes. */
   readonly bytes: Uint8Array = new Uint8Array(PAGE_SIZE);
+  /** Which system text the page holds (see entry_text.ts). */
+  readonly flavour: TextFlavour;
   readonly #offsets = new Map<KernelRoutine, number>();
+  readonly #labels: Map<string, number>;
+  readonly #stubs: Map<number, number>;
   readonly #base: number;
 
-  /** Lays the routines out for a page mapped at linear `base`. */
-  constructor(base: number) {
+  /**
+   * Lays the routines, then the system text of `flavour` (default native), out for a page
+   * mapped at linear `base`.
+   */
+  constructor(base: number, flavour: TextFlavour = "native") {
     this.#base = base;
+    this.flavour = flavour;
     let offset = 0;
     for (const [name, code] of Object.entries(KERNEL_ROUTINES)) {
       this.bytes.set(code, offset);
@@ -82,10 +97,35 @@ export class KernelText {
     }
     // The rest of the page is INT3 (0xcc), as linkers pad kernel text.
     this.bytes.fill(0xcc, offset);
+    const { labels, stubs } = layoutSystemText(this.bytes, flavour);
+    this.#labels = labels;
+    this.#stubs = stubs;
+  }
+
+  /** Linear address of the page. */
+  get base(): number {
+    return this.#base;
   }
 
   /** Linear address of routine `name`. */
   address(name: KernelRoutine): number {
     return this.#base + this.#offsets.get(name)!;
+  }
+
+  /** Linear address of system-text entry point `name` (-1 if this flavour has none). */
+  entry(name: SystemLabel): number {
+    const offset = this.#labels.get(name);
+    return offset === undefined ? -1 : this.#base + offset;
+  }
+
+  /** Linear address of the stub of interrupt `vector` (-1 if none is installed). */
+  stub(vector: number): number {
+    const offset = this.#stubs.get(vector);
+    return offset === undefined ? -1 : this.#base + offset;
+  }
+
+  /** Linear address of the service gate range (the kernel's C code) and its length. */
+  get serviceRange(): { base: number; length: number } {
+    return { base: this.#base + SERVICE_OFFSET, length: 16 * SERVICE_COUNT };
   }
 }

@@ -5,7 +5,9 @@
  */
 
 export * from "./address_space.ts";
+export * from "./entry_text.ts";
 export * from "./frame_allocator.ts";
+export * from "./guest_os.ts";
 export * from "./kernel.ts";
 export * from "./kernel_code.ts";
 export * from "./kernel_text.ts";

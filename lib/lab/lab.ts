@@ -486,6 +486,7 @@ export function createLab(options: LabOptions = {}): Lab {
   if (platform instanceof PvPlatform) {
     const pv = platform;
     kernelOptions.pagingOps = (code) => new PvPagingOps(code, pv);
+    kernelOptions.textFlavour = "pv";
   }
   if (options.pcid !== undefined) kernelOptions.pcid = options.pcid;
   if (options.directMapPageSize !== undefined) {

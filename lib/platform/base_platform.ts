@@ -13,24 +13,36 @@ import { ACCESS_READ, ACCESS_WRITE, type AccessKind } from "../x86/access.ts";
 import { formatLinear } from "../x86/address.ts";
 import { formatInstruction } from "../x86/decode.ts";
 import {
+  CPU_INSTRUCTIONS,
   type Interpreter,
+  InterpreterContext,
+  RFLAGS_IF,
   STEP_FAULT,
   STEP_HALT,
   STEP_INTERCEPT,
   STEP_LIMIT,
+  STEP_OK,
   STEP_RETURN,
+  STEP_SERVICE,
   STEP_TRIPLE_FAULT,
   STEP_UNSUPPORTED,
 } from "../x86/interpreter.ts";
+import { VECTOR_EPT_MISCONFIG, VECTOR_EPT_VIOLATION } from "../x86/vcpu.ts";
+import { CPU_IDLE, PcBoard } from "./pc_board.ts";
 import { declareCounter, type Stats } from "../x86/stats.ts";
 import type { Vcpu } from "../x86/vcpu.ts";
 import { CounterDevice } from "../memory/mmio_device.ts";
 import {
+  type GuestCpuState,
+  type GuestService,
   type Platform,
   type PlatformName,
   RUN_ABANDONED,
   RUN_CRASHED,
   RUN_DONE,
+  RUN_IDLE,
+  RUN_LIMIT,
+  SERVICE_STOP,
   TRAP_RETRY,
   type TrapHandler,
 } from "./platform.ts";
@@ -43,12 +55,21 @@ export const TRAP_DELIVERED: number = declareCounter(
 );
 /** VM exits of any reason, on every virtualized platform. */
 export const EXIT_TOTAL: number = declareCounter("exit.total", "VM exits, all reasons", "exits");
+/** Guest services called by the guest kernel's entry text (its C code). */
+export const GUEST_SERVICE_CALLS: number = declareCounter(
+  "guest.serviceCalls",
+  "calls from the guest's entry text into its kernel's C code (the trap service)",
+  "calls",
+);
 /** Domains crashed. */
 export const DOMAIN_CRASH: number = declareCounter(
   "domain.crash",
   "domains crashed (reason in the report)",
   "crashes",
 );
+
+// #callService(): the guest asked to stop (distinct from every RUN_* / HANDLED_* value).
+const SERVICE_STOP_OUTCOME = 100;
 
 /**
  * How often one access may fault at one address and be "resolved" before the platform
@@ -60,6 +81,8 @@ export const MAX_FAULT_RETRIES = 16;
 export const MAX_TRAP_DEPTH = 3;
 /** Instructions one {@link Platform.execute} may retire before it is stopped as a runaway. */
 export const MAX_ROUTINE_STEPS = 1_000_000;
+/** Service calls nested deeper than this (a service whose kernel text calls one ...) crash. */
+const MAX_SERVICE_DEPTH = 4;
 
 /** A platform's answer to an exception or intercept: retry the access / instruction. */
 export const HANDLED_RETRY: number = RUN_DONE;
@@ -88,6 +111,10 @@ export abstract class BasePlatform implements Platform {
   readonly device: CounterDevice;
   /** The device's guest frame (just above guest RAM). */
   readonly deviceGfn: number;
+  /** The guest's port devices and virtual clock. */
+  readonly board: PcBoard;
+  /** CPL of the guest kernel's code: 0 unless a subclass deprivileges it. */
+  guestKernelCpl = 0;
   /** The access being retried by {@link access}: its address, size, kind and value. */
   protected readonly request: {
     va: number;
@@ -99,7 +126,15 @@ export abstract class BasePlatform implements Platform {
   /** The run's counter array. */
   protected readonly counts: Float64Array;
   #crashReason = "";
+  #stopReason = "";
   #depth = 0;
+  // Whether exceptions are delivered through the guest's IDT (runGuest at guest level)
+  // rather than to the TypeScript trap handlers (access(), execute()).
+  #guestLevel = false;
+  #guestCr2 = 0;
+  #service: GuestService | null = null;
+  #serviceDepth = 0;
+  readonly #contexts: InterpreterContext[] = [];
   readonly #handlers: (TrapHandler | undefined)[] = new Array(32).fill(undefined);
 
   /** The machinery around `cpu` and `interpreter`, counting into `stats`. */
@@ -111,6 +146,9 @@ export abstract class BasePlatform implements Platform {
     this.guestFrames = guestFrames;
     this.device = new CounterDevice(stats);
     this.deviceGfn = guestFrames;
+    this.board = new PcBoard(stats);
+    interpreter.ports = this.board;
+    for (let i = 0; i < MAX_SERVICE_DEPTH; i++) this.#contexts.push(new InterpreterContext());
   }
 
   abstract loadGuestPhysical32(gpa: number, value: number): void;
@@ -140,6 +178,265 @@ export abstract class BasePlatform implements Platform {
   /** Why the domain crashed, or "". */
   get crashReason(): string {
     return this.#crashReason;
+  }
+
+  /** Why the last runGuest() stopped short, or "". */
+  get stopReason(): string {
+    return this.#stopReason;
+  }
+
+  /** The address of the last page fault given to the guest. */
+  get guestCr2(): number {
+    return this.#guestCr2;
+  }
+
+  /** Whether an exception now goes through the guest's IDT (see runGuest()). */
+  protected get isGuestLevel(): boolean {
+    return this.#guestLevel;
+  }
+
+  /** Installs the guest kernel's service range; see {@link Platform.setServices}. */
+  setServices(base: number, length: number, service: GuestService): void {
+    if (!Number.isInteger(base) || base < 0 || !Number.isInteger(length) || length <= 0) {
+      throw new RangeError(`Cannot install a service range at ${base} of ${length} bytes`);
+    }
+    this.interpreter.serviceBase = base;
+    this.interpreter.serviceLimit = length;
+    this.#service = service;
+  }
+
+  /** The native TSS store of RSP0: the processor's (and the VMCS guest's) own TSS. */
+  setTssRsp0(top: number): void {
+    this.interpreter.rsp0 = top;
+  }
+
+  /** What the guest believes about its processor: here, the processor itself. */
+  guestCpuState(): GuestCpuState {
+    const it = this.interpreter;
+    const pending: number[] = [];
+    for (let v = it.pendingInterrupt; v >= 0; v = -1) pending.push(v);
+    return {
+      kernelMode: this.cpu.ctl.cpl === 0,
+      interruptsEnabled: (it.rflags & RFLAGS_IF) !== 0,
+      idtBase: it.idtrBase,
+      kernelStack: it.rsp0,
+      cr3: this.cpu.ctl.cr3,
+      cr2: this.#guestCr2,
+      pending,
+      keptIn: this.name === "native" ? "processor" : "vmcs",
+    };
+  }
+
+  /** Runs the whole guest; see {@link Platform.runGuest}. */
+  runGuest(maxInstructions: number): number {
+    if (!Number.isInteger(maxInstructions) || maxInstructions < 0) {
+      throw new RangeError(`Cannot run the guest for ${maxInstructions} instructions`);
+    }
+    this.#stopReason = "";
+    if (this.#crashReason !== "") return RUN_CRASHED;
+    const it = this.interpreter;
+    const board = this.board;
+    const counts = this.counts;
+    const end = board.now + maxInstructions;
+    it.systemInstructions = true;
+    this.#guestLevel = true;
+    try {
+      for (;;) {
+        if (board.now >= board.nextEventAt) board.fireDue(this.#raise);
+        if (this.#crashReason !== "") return RUN_CRASHED;
+        if (board.now >= end) return this.#stepBound(maxInstructions);
+        const chunk = Math.min(end, board.nextEventAt) - board.now;
+        const before = counts[CPU_INSTRUCTIONS]!;
+        const step = it.runGuest(chunk);
+        const retired = counts[CPU_INSTRUCTIONS]! - before;
+        // A chunk of deliveries that retired nothing still moves time on.
+        board.now += step === STEP_LIMIT && retired === 0 ? 1 : retired;
+        this.afterGuestChunk();
+        let outcome: number;
+        switch (step) {
+          case STEP_LIMIT:
+            continue;
+          case STEP_SERVICE:
+            outcome = this.#callService();
+            if (outcome === SERVICE_STOP_OUTCOME) return RUN_DONE;
+            break;
+          case STEP_FAULT:
+            outcome = this.onException(true, this.cpu.ctl.cpl === 3);
+            break;
+          case STEP_INTERCEPT:
+            outcome = this.onIntercept();
+            break;
+          case STEP_HALT:
+            outcome = this.onHalt();
+            break;
+          default:
+            return this.crashWith(this.#stepFailure(step, "guest"));
+        }
+        if (outcome === RUN_IDLE) return RUN_IDLE;
+        if (outcome === RUN_CRASHED || this.#crashReason !== "") return RUN_CRASHED;
+        if (outcome === RUN_ABANDONED) {
+          return this.crashWith("a trap handler abandoned guest-level work (a kernel bug)");
+        }
+      }
+    } finally {
+      this.#guestLevel = false;
+    }
+  }
+
+  /**
+   * HLT at guest level (RIP already past it). With IF = 1 the processor sleeps until the
+   * next device event: the virtual clock jumps there (counted as idle time). With IF = 0
+   * nothing but an NMI wakes it; Xen takes that as the vCPU going down (hvm_hlt), so the
+   * domain ends. A subclass counts its exit first.
+   */
+  protected onHalt(): number {
+    const it = this.interpreter;
+    if ((it.rflags & RFLAGS_IF) === 0) {
+      return this.crashWith(
+        `hlt at ${
+          formatLinear(it.rip)
+        } with interrupts disabled: the vCPU is down (as Xen's hvm_hlt)`,
+      );
+    }
+    return this.idleUntilEvent();
+  }
+
+  /** Sleeps until the next device event; RUN_IDLE when none will come. */
+  protected idleUntilEvent(): number {
+    const board = this.board;
+    if (this.interpreter.pendingInterrupt >= 0) return HANDLED_RETRY;
+    const next = board.nextEventAt;
+    if (next === Infinity) {
+      this.#stopReason = `idle at ${
+        formatLinear(this.interpreter.rip)
+      }: the guest waits for an interrupt and no device event is scheduled`;
+      return RUN_IDLE;
+    }
+    if (next > board.now) {
+      this.counts[CPU_IDLE] += next - board.now;
+      board.now = next;
+    }
+    return HANDLED_RETRY;
+  }
+
+  /**
+   * Called after every stretch of guest execution in {@link runGuest} (between device
+   * events, services, faults and intercepts), for a platform's bookkeeping (VT-x's
+   * interrupt-window exits). The default does nothing.
+   */
+  protected afterGuestChunk(): void {}
+
+  /**
+   * A device raises interrupt `vector`. Natively the processor's pin: the interpreter
+   * delivers it at the next instruction boundary with IF = 1. Hypervisors override.
+   */
+  protected raiseGuestInterrupt(vector: number): void {
+    this.interpreter.raiseInterrupt(vector);
+  }
+
+  /**
+   * Delivers exception `vector` to the guest's own handler at guest level, as the
+   * processor does (natively, or an injection at VM entry): through the guest's IDT, with
+   * the double-fault rules. Returns HANDLED_COMPLETE or RUN_CRASHED. PV and the classic
+   * monitor override it (a bounce frame, a reflection).
+   */
+  protected injectException(vector: number, errorCode: number, cr2: number): number {
+    const it = this.interpreter;
+    for (let attempt = 0; attempt <= MAX_FAULT_RETRIES; attempt++) {
+      const step = it.deliverEvent(vector, errorCode, false);
+      if (step === STEP_OK) return HANDLED_COMPLETE;
+      if (step === STEP_TRIPLE_FAULT) {
+        return this.crashWith(
+          `triple fault delivering vector ${vector} at ${formatLinear(it.rip)} (cr2 ${
+            formatLinear(cr2)
+          }): a fault while delivering a double fault`,
+        );
+      }
+      // An EPT exit while delivering: the hypervisor fixes the mapping, then retries.
+      const e = this.cpu.exception.vector;
+      if (e !== VECTOR_EPT_VIOLATION && e !== VECTOR_EPT_MISCONFIG) break;
+      const saved = this.#guestLevel;
+      this.#guestLevel = false;
+      const outcome = this.onException(true, false);
+      this.#guestLevel = saved;
+      if (outcome !== HANDLED_RETRY && outcome !== HANDLED_COMPLETE) return outcome;
+    }
+    return this.crashWith(`cannot deliver vector ${vector} at ${formatLinear(it.rip)}`);
+  }
+
+  /** Records the CR2 the guest will read for a delivered page fault. */
+  protected setGuestCr2(cr2: number): void {
+    this.#guestCr2 = cr2;
+  }
+
+  readonly #raise = (vector: number): void => this.raiseGuestInterrupt(vector);
+
+  // STEP_SERVICE: run the kernel's C code with the guest's registers saved, then return
+  // from the call (on the stack the service left, which a context switch changes).
+  #callService(): number {
+    const it = this.interpreter;
+    const service = this.#service;
+    if (service === null) return this.crashWith("a service call with no service installed");
+    if (this.#serviceDepth >= MAX_SERVICE_DEPTH) {
+      return this.crashWith(`service calls nested ${this.#serviceDepth} deep`);
+    }
+    this.counts[GUEST_SERVICE_CALLS]++;
+    const context = this.#contexts[this.#serviceDepth]!;
+    const number = it.serviceNumber;
+    it.saveContext(context);
+    this.#serviceDepth++;
+    const savedLevel = this.#guestLevel;
+    this.#guestLevel = false;
+    let verdict: number;
+    try {
+      verdict = service(number, context);
+    } finally {
+      this.#serviceDepth--;
+      this.#guestLevel = savedLevel;
+    }
+    if (this.#crashReason !== "") return RUN_CRASHED;
+    it.restoreContext(context);
+    it.systemInstructions = true;
+    // The RET of the call: a fault on the kernel stack is the kernel's own (an oops).
+    for (let attempt = 0;; attempt++) {
+      const step = it.returnFromService();
+      if (step === STEP_OK) break;
+      if (step !== STEP_FAULT || attempt === MAX_FAULT_RETRIES) {
+        return this.crashWith(this.#stepFailure(step, "service return"));
+      }
+      this.#guestLevel = false;
+      const outcome = this.onException(true, false);
+      this.#guestLevel = savedLevel;
+      if (outcome !== HANDLED_RETRY && outcome !== HANDLED_COMPLETE) return outcome;
+    }
+    return verdict === SERVICE_STOP ? SERVICE_STOP_OUTCOME : HANDLED_COMPLETE;
+  }
+
+  #stepBound(maxInstructions: number): number {
+    const it = this.interpreter;
+    const where = `${this.cpu.ctl.cpl === 3 ? "user" : "kernel"} code at ${formatLinear(it.rip)}`;
+    this.#stopReason = (it.rflags & RFLAGS_IF) === 0
+      ? `step bound: ${maxInstructions} instructions ran without finishing; the guest is ` +
+        `spinning in ${where} with interrupts disabled (IF=0), so no timer interrupt can ` +
+        `preempt it`
+      : `step bound: ${maxInstructions} instructions ran without finishing (now in ${where})`;
+    return RUN_LIMIT;
+  }
+
+  #stepFailure(step: number, what: string): string {
+    const it = this.interpreter;
+    const at = formatLinear(it.rip);
+    return step === STEP_LIMIT
+      ? `runaway kernel code: ${MAX_ROUTINE_STEPS} instructions without RET (at ${at})`
+      : step === STEP_HALT
+      ? `kernel halted at ${at}`
+      : step === STEP_UNSUPPORTED
+      ? `unsupported instruction at ${at}: ${formatInstruction(it.decoded)}`
+      : step === STEP_TRIPLE_FAULT
+      ? `triple fault at ${at}: a fault while delivering a double fault`
+      : step === STEP_RETURN
+      ? `RET with no caller in ${what} code at ${at}`
+      : `${what}: unexpected interpreter result ${step} at ${at}`;
   }
 
   /** Installs the guest's handler for `vector` (0..31). */
@@ -193,9 +490,20 @@ export abstract class BasePlatform implements Platform {
   /** Runs kernel text at `rip` until RET; see {@link Platform.execute}. */
   execute(rip: number): number {
     if (this.#crashReason !== "") return RUN_CRASHED;
+    const savedLevel = this.#guestLevel;
+    this.#guestLevel = false;
+    try {
+      return this.#execute(rip);
+    } finally {
+      this.#guestLevel = savedLevel;
+    }
+  }
+
+  #execute(rip: number): number {
     const cpu = this.cpu;
     const interpreter = this.interpreter;
-    cpu.ctl.cpl = 0;
+    const kernelCpl = this.guestKernelCpl;
+    cpu.ctl.cpl = kernelCpl;
     let step = interpreter.run(rip, MAX_ROUTINE_STEPS);
     // A livelock is one instruction faulting at one address again and again; a REP string
     // instruction faulting on page after page is making progress.
@@ -222,21 +530,10 @@ export abstract class BasePlatform implements Platform {
         faults++;
         outcome = this.onException(true, false);
       } else {
-        const at = formatLinear(interpreter.rip);
-        return this.crashWith(
-          step === STEP_LIMIT
-            ? `runaway kernel code: ${MAX_ROUTINE_STEPS} instructions without RET (at ${at})`
-            : step === STEP_HALT
-            ? `kernel halted at ${at}`
-            : step === STEP_UNSUPPORTED
-            ? `unsupported instruction at ${at}: ${formatInstruction(interpreter.decoded)}`
-            : step === STEP_TRIPLE_FAULT
-            ? `triple fault at ${at}: a fault while delivering a double fault`
-            : `unexpected interpreter result ${step} at ${at}`,
-        );
+        return this.crashWith(this.#stepFailure(step, "kernel"));
       }
       if (outcome !== HANDLED_RETRY && outcome !== HANDLED_COMPLETE) return outcome;
-      cpu.ctl.cpl = 0;
+      cpu.ctl.cpl = kernelCpl;
       step = interpreter.resume(MAX_ROUTINE_STEPS);
     }
   }
@@ -264,6 +561,11 @@ export abstract class BasePlatform implements Platform {
     errorCode: number,
     cr2: number,
   ): number {
+    if (this.#guestLevel) {
+      if (vector === 14) this.#guestCr2 = cr2;
+      this.counts[TRAP_DELIVERED]++;
+      return this.injectException(vector, errorCode, cr2);
+    }
     const handler = this.#handlers[vector];
     if (handler === undefined) {
       return this.crashWith(

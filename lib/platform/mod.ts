@@ -10,4 +10,5 @@ export * from "./hvm_hap.ts";
 export * from "./hvm_shadow.ts";
 export * from "./native.ts";
 export * from "./platform.ts";
+export * from "./pc_board.ts";
 export * from "./pv.ts";

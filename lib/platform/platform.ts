@@ -17,6 +17,8 @@ import type { Interpreter } from "../x86/interpreter.ts";
 import type { Stats } from "../x86/stats.ts";
 import type { Vcpu } from "../x86/vcpu.ts";
 import type { CounterDevice } from "../memory/mmio_device.ts";
+import type { InterpreterContext } from "../x86/interpreter.ts";
+import type { PcBoard } from "./pc_board.ts";
 
 /** The ways the lab runs the same guest. */
 export type PlatformName = "native" | "pv" | "hvm-shadow" | "hvm-hap";
@@ -50,6 +52,56 @@ export const RUN_DONE = 0;
 export const RUN_ABANDONED = 1;
 /** Outcome: the domain crashed; {@link Platform.crashReason} says why. Nothing runs after. */
 export const RUN_CRASHED = 2;
+/**
+ * Outcome of {@link Platform.runGuest}: the step bound was reached before the guest
+ * finished; {@link Platform.stopReason} says where the guest was (and whether it was
+ * spinning with interrupts off). The guest can be run on.
+ */
+export const RUN_LIMIT = 4;
+/**
+ * Outcome of {@link Platform.runGuest}: the processor halted (or the PV guest blocked)
+ * with interrupts enabled and no device event will ever wake it.
+ */
+export const RUN_IDLE = 5;
+
+/** A guest service's answer: return to the guest's code after the call. */
+export const SERVICE_CONTINUE = 0;
+/** A guest service's answer: the guest asks the run to stop (its work is done). */
+export const SERVICE_STOP = 1;
+
+/**
+ * The guest kernel's compiled code, reached from its entry stubs by a `call` into the
+ * service range ({@link Platform.setServices}). `context` holds the guest's registers at
+ * the call (RDI = the trap frame); the service may change them (a result, another
+ * thread's stack) and may run kernel text meanwhile. Returns SERVICE_CONTINUE or
+ * SERVICE_STOP.
+ */
+export type GuestService = (service: number, context: InterpreterContext) => number;
+
+/**
+ * What the guest kernel believes about its processor, and where the platform keeps it:
+ * the seeds' "process control block for the guest OS". Natively and under VT-x it is the
+ * processor's own state; a PV guest's lives in Xen's vCPU and the shared vcpu_info; the
+ * classic trap-and-emulate monitor keeps it in software.
+ */
+export interface GuestCpuState {
+  /** Whether the guest is in (virtual) kernel mode. */
+  kernelMode: boolean;
+  /** Whether the guest has interrupts (event delivery) enabled. */
+  interruptsEnabled: boolean;
+  /** The guest's exception table: IDT base (a linear address), or its trap table's. */
+  idtBase: number;
+  /** The guest's kernel stack for entries from user mode (TSS.RSP0, PV kernel_sp). */
+  kernelStack: number;
+  /** The guest's page-table base (guest-physical for HVM, machine for PV). */
+  cr3: number;
+  /** The last page-fault address given to the guest. */
+  cr2: number;
+  /** Vectors pending delivery to the guest. */
+  pending: number[];
+  /** Where the state lives: "processor", "vmcs", "xen-vcpu", "monitor". */
+  keptIn: string;
+}
 
 /**
  * A machine that runs one guest. Implementations: `NativePlatform` (this issue), and the
@@ -113,6 +165,35 @@ export interface Platform {
   execute(rip: number): number;
   /** Ends the domain: nothing runs after, and {@link crashReason} holds `reason`. */
   crash(reason: string): void;
+  /** The guest's devices (timer, keyboard, serial, PIC) and its virtual clock. */
+  readonly board: PcBoard;
+  /** Why the last {@link runGuest} stopped short (RUN_LIMIT, RUN_IDLE); "" otherwise. */
+  readonly stopReason: string;
+  /** The CPL the guest kernel's code runs at: 0, or 1 for a deprivileged kernel. */
+  readonly guestKernelCpl: number;
+  /**
+   * Makes the linear range [`base`, `base + length`) the guest kernel's service range:
+   * a call there runs `service` (see {@link GuestService}) instead of fetching.
+   */
+  setServices(base: number, length: number, service: GuestService): void;
+  /**
+   * The native kernel's TSS store of RSP0 (the stack the processor switches to on an
+   * entry from user mode). A PV kernel uses stack_switch instead.
+   */
+  setTssRsp0(top: number): void;
+  /** The address of the last page fault delivered to the guest (its CR2). */
+  readonly guestCr2: number;
+  /** A snapshot of what the guest believes about its processor. */
+  guestCpuState(): GuestCpuState;
+  /**
+   * Runs the whole guest (user programs and kernel entry text) from the interpreter's
+   * current state for at most `maxInstructions` instruction times: exceptions and
+   * interrupts are delivered to the guest's own handlers (by the processor, or by the
+   * hypervisor reflecting them), devices raise their interrupts as the virtual clock
+   * reaches them, HLT waits for the next one. Returns RUN_DONE (a service asked to
+   * stop), RUN_LIMIT, RUN_IDLE or RUN_CRASHED.
+   */
+  runGuest(maxInstructions: number): number;
   /**
    * Checks the platform's invariants (DESIGN.md 2-4: shadow soundness, write protection,
    * PV safety) and returns what is violated; absent where there is nothing to check.

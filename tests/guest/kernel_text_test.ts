@@ -7,6 +7,12 @@
 
 import assert from "node:assert/strict";
 import {
+  HYPERCALL_PAGE_OFFSET,
+  SERVICE_COUNT,
+  SERVICE_OFFSET,
+  SYSTEM_TEXT_OFFSET,
+} from "../../lib/guest/entry_text.ts";
+import {
   KERNEL_ROUTINES,
   type KernelRoutine,
   KernelText,
@@ -218,15 +224,48 @@ Deno.test("KernelText routines start on 16-byte boundaries and do not overlap", 
   }
 });
 
-Deno.test("KernelText fills the page after the last routine with INT3 (0xcc)", () => {
+Deno.test("KernelText pads with INT3 (0xcc) up to the system text and over the service range", () => {
   const text = new KernelText(KERNEL_TEXT_BASE);
   assert.equal(text.bytes.length, PAGE_SIZE);
   const end = text.address("copyQwords") - KERNEL_TEXT_BASE + 16;
   assert.equal(end, 176);
-  const rest = text.bytes.subarray(end);
-  assert.equal(rest.length, PAGE_SIZE - 176);
-  assert.ok(rest.every((b) => b === 0xcc));
-  assert.equal(text.bytes[PAGE_SIZE - 1], 0xcc);
+  const gap = text.bytes.subarray(end, SYSTEM_TEXT_OFFSET);
+  assert.ok(gap.every((b) => b === 0xcc));
+  // The service range is never fetched (the gate runs the kernel's C code); if it were,
+  // INT3 would trap.
+  const services = text.bytes.subarray(SERVICE_OFFSET, SERVICE_OFFSET + 16 * SERVICE_COUNT);
+  assert.ok(services.every((b) => b === 0xcc));
+  // Natively nothing follows the service range: the rest of the page is INT3 too.
+  assert.ok(text.bytes.subarray(SERVICE_OFFSET).every((b) => b === 0xcc));
+  assert.equal(text.serviceRange.base, KERNEL_TEXT_BASE + SERVICE_OFFSET);
+});
+
+Deno.test("KernelText of the pv flavour holds Xen's hypercall page at 0x800", () => {
+  const text = new KernelText(KERNEL_TEXT_BASE, "pv");
+  const at = (
+    n: number,
+  ) => [...text.bytes.subarray(HYPERCALL_PAGE_OFFSET + 32 * n).subarray(0, 14)];
+  // push rcx; push r11; mov eax, 29; syscall; pop r11; pop rcx; ret
+  assert.deepEqual(at(29), [
+    0x51,
+    0x41,
+    0x53,
+    0xb8,
+    29,
+    0,
+    0,
+    0,
+    0x0f,
+    0x05,
+    0x41,
+    0x5b,
+    0x59,
+    0xc3,
+  ]);
+  // iret: push rcx; push r11; push rax; mov eax, 23; syscall (no return)
+  assert.deepEqual(at(23).slice(0, 11), [0x51, 0x41, 0x53, 0x50, 0xb8, 23, 0, 0, 0, 0x0f, 0x05]);
+  assert.equal(text.entry("eventCallback") > KERNEL_TEXT_BASE, true);
+  assert.equal(new KernelText(KERNEL_TEXT_BASE).entry("eventCallback"), -1);
 });
 
 Deno.test("KernelText lays out the same bytes whatever the base", () => {
