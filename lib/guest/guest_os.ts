@@ -277,6 +277,25 @@ export class GuestOs {
     return this.platform.board.serialOutput;
   }
 
+  /** The exception table the kernel loaded: its IDT (native) or trap table (PV). */
+  get idtBase(): number {
+    return this.#idtBase;
+  }
+
+  /**
+   * store_idt: what the kernel reads back as its IDT base. Natively `sidt` (which does
+   * not trap at CPL > 0 without CR4.UMIP, so a deprivileged kernel sees the monitor's
+   * table); a PV kernel returns its own copy (Linux's xen_store_idt). Equals
+   * {@link idtBase} wherever the processor does not lie to the kernel.
+   */
+  storeIdt(): number {
+    if (this.#pv) return this.#idtBase;
+    const at = this.#scratch + 3072;
+    this.#call("storeIdt", at);
+    // Limit in bytes 0..1, base in bytes 2..9 (canonical; bits 63..48 dropped).
+    return (this.#read32(at + 6) & 0xffff) * 2 ** 32 + this.#read32(at + 2);
+  }
+
   /** The running thread's pid (0: idle), or -1 before the first run. */
   get currentPid(): number {
     return this.#current?.pid ?? -1;
