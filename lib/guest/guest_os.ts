@@ -143,6 +143,7 @@ const EVTCHNOP_BIND_VIRQ = 1;
 const EVTCHNOP_BIND_PIRQ = 2;
 const VIRQ_TIMER = 0;
 const PHYSDEVOP_EOI = 12;
+const PHYSDEVOP_SET_IOPL = 6;
 /** The keyboard's legacy IRQ, bound as a PIRQ by a PV kernel with the device. */
 const KEYBOARD_IRQ = 1;
 
@@ -316,8 +317,13 @@ export class GuestOs {
     this.platform.setServices(range.base, range.length, this.#service);
     this.#scratch = this.#kernelPage();
     const idleStack = this.#kernelPage();
-    if (this.#pv) this.#bootPv();
-    else this.#bootNative();
+    if (this.#pv) {
+      // The hypercall page pushes RCX and R11: boot on the idle thread's stack, below the
+      // frame forged for it (Xen's domain builder starts a PV kernel on a bootstrap stack).
+      const sp = idleStack + PAGE_SIZE - FRAME_QWORDS * 8 - 8;
+      this.platform.interpreter.setReg(4, sp >>> 0, linearHigh32(sp));
+      this.#bootPv();
+    } else this.#bootNative();
     // The idle thread: a kernel thread entering `idle` with interrupts off.
     const idle: GuestThread = {
       pid: 0,
@@ -400,6 +406,9 @@ export class GuestOs {
     it.restoreContext(this.#context);
     const outcome = platform.runGuest(maxInstructions);
     it.saveContext(this.#context);
+    // Between runs the processor belongs to the lab's TypeScript callers (kernel routines
+    // for memory work): interrupts off, so nothing pending is taken inside them.
+    it.rflags &= ~RFLAGS_IF;
     switch (outcome) {
       case RUN_DONE:
         return { outcome: "done", reason: "" };
@@ -485,6 +494,9 @@ export class GuestOs {
     this.#write32(scratch + 1044, 0);
     this.#hypercall(HYPERCALL_EVENT_CHANNEL_OP, EVTCHNOP_BIND_PIRQ, scratch + 1040, 0);
     this.#keyboardPort = this.#read32(scratch + 1048);
+    // PHYSDEVOP_set_iopl {iopl 1}: Xen emulates the drivers' IN/OUT (Linux's xen_start_kernel).
+    this.#write32(scratch + 1056, 1);
+    this.#hypercall(HYPERCALL_PHYSDEV_OP, PHYSDEVOP_SET_IOPL, scratch + 1056, 0);
   }
 
   // Writes a thread's first frame below `top` as if it had trapped and been switched out

@@ -14,6 +14,7 @@ import { Stats, type StatsSnapshot } from "../x86/stats.ts";
 import type { TlbConfig } from "../x86/tlb.ts";
 import { NativePlatform } from "../platform/native.ts";
 import { HvmShadowPlatform } from "../platform/hvm_shadow.ts";
+import { ClassicPlatform } from "../platform/classic.ts";
 import { HvmHapPlatform } from "../platform/hvm_hap.ts";
 import { PvPlatform } from "../platform/pv.ts";
 import {
@@ -40,6 +41,7 @@ export const AVAILABLE_PLATFORMS: readonly PlatformName[] = [
   "pv",
   "hvm-shadow",
   "hvm-hap",
+  "classic",
 ];
 
 /** Options of {@link createLab}. */
@@ -62,15 +64,18 @@ export interface LabOptions {
   tlb?: TlbConfig;
   /** Record every genuine fault in {@link Lab.faults}; default false. */
   recordFaults?: boolean;
-  /** hvm-shadow: shadow pool size in pages (default 4096). */
+  /** hvm-shadow and classic: shadow pool size in pages (default 4096). */
   shadowPoolPages?: number;
   /** hvm-hap: paging-structure caches and nested TLB in the 2-D walk (default true). */
   walkCaches?: boolean;
   /** hvm-hap: flush the TLB at every VM exit and entry, as without VPID (default false). */
   flushOnWorldSwitch?: boolean;
-  /** hvm-shadow: let written L1 tables go out of sync (default false: emulate every write). */
+  /**
+   * hvm-shadow and classic: let written L1 tables go out of sync (default false: emulate
+   * every write).
+   */
   oos?: boolean;
-  /** hvm-shadow: out-of-sync tables at once (default 3). */
+  /** hvm-shadow and classic: out-of-sync tables at once (default 3). */
   oosPages?: number;
   /**
    * Run the platform's consistency checkers after every lab call (slow; for debugging and
@@ -458,13 +463,16 @@ export function createLab(options: LabOptions = {}): Lab {
   const platformOptions: { frames: number; tlb?: TlbConfig; poolPages?: number } = { frames };
   if (options.tlb !== undefined) platformOptions.tlb = options.tlb;
   let platform: Platform;
-  if (name === "hvm-shadow") {
+  if (name === "hvm-shadow" || name === "classic") {
     if (options.shadowPoolPages !== undefined) platformOptions.poolPages = options.shadowPoolPages;
-    platform = new HvmShadowPlatform({
+    const shadowOptions = {
       ...platformOptions,
       ...(options.oos !== undefined ? { oos: options.oos } : {}),
       ...(options.oosPages !== undefined ? { oosPages: options.oosPages } : {}),
-    });
+    };
+    platform = name === "classic"
+      ? new ClassicPlatform(shadowOptions)
+      : new HvmShadowPlatform(shadowOptions);
   } else if (name === "hvm-hap") {
     platform = new HvmHapPlatform({
       frames,

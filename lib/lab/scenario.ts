@@ -50,7 +50,7 @@ export interface ScenarioDefinition {
 
 /** A platform and its options, named as reports show it. */
 export interface LabConfig {
-  /** Column label: native, pv, hvm-shadow, hvm-shadow+oos, hvm-hap. */
+  /** Column label: native, pv, hvm-shadow, hvm-shadow+oos, hvm-hap, classic. */
   label: string;
   /** The platform. */
   platform: PlatformName;

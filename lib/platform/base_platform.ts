@@ -84,6 +84,12 @@ export const MAX_ROUTINE_STEPS = 1_000_000;
 /** Service calls nested deeper than this (a service whose kernel text calls one ...) crash. */
 const MAX_SERVICE_DEPTH = 4;
 
+// Exceptions that push an error code (SDM Vol. 3A Table 6-1): #DF, #TS, #NP, #SS, #GP,
+// #PF, #AC, #CP.
+function hasErrorCode(vector: number): boolean {
+  return vector === 8 || (vector >= 10 && vector <= 14) || vector === 17 || vector === 21;
+}
+
 /** A platform's answer to an exception or intercept: retry the access / instruction. */
 export const HANDLED_RETRY: number = RUN_DONE;
 /**
@@ -342,8 +348,11 @@ export abstract class BasePlatform implements Platform {
    */
   protected injectException(vector: number, errorCode: number, cr2: number): number {
     const it = this.interpreter;
+    // Only these exceptions push an error code (SDM Vol. 3A Table 6-1): #UD's frame has
+    // none, whatever cpu.exception.errorCode holds.
+    const code = hasErrorCode(vector) ? errorCode : -1;
     for (let attempt = 0; attempt <= MAX_FAULT_RETRIES; attempt++) {
-      const step = it.deliverEvent(vector, errorCode, false);
+      const step = it.deliverEvent(vector, code, false);
       if (step === STEP_OK) return HANDLED_COMPLETE;
       if (step === STEP_TRIPLE_FAULT) {
         return this.crashWith(

@@ -20,6 +20,11 @@
  * Emulation runs the access (or the instruction) on an emulator vCPU over guest-physical
  * memory with the guest's own paging state, as `lib/shadow/emulate_mmio.ts` does.
  *
+ * The guest's CPU work exits as under Xen's VMX (`vmx_exits.ts`): IN/OUT (the I/O
+ * bitmap), HLT, external interrupts and interrupt windows. Nothing is in the exception
+ * bitmap but #DB, #AC and #MC (Xen's HVM_TRAP_MASK), which this guest never raises: a
+ * #PF, #GP, #UD, #DE or #BP goes through the guest's IDT with no exit.
+ *
  * Tagged TLB: with VPID (the default) VM exits and entries keep the TLB; without it, or
  * with `flushOnWorldSwitch`, every exit and every entry flush it (SDM Vol. 3C 29.4.3.1:
  * with VPIDs off, VM entries and exits invalidate the mappings of VPID 0), the cost the
@@ -46,6 +51,7 @@ import { EMULATE_MMIO } from "../shadow/emulate_mmio.ts";
 import { BasePlatform, EXIT_TOTAL, HANDLED_COMPLETE, HANDLED_RETRY } from "./base_platform.ts";
 import { enterLongMode, resetPagingControl } from "./native.ts";
 import type { PlatformName } from "./platform.ts";
+import { VmxExits } from "./vmx_exits.ts";
 
 /** EPT-violation exits. */
 export const EXIT_EPT_VIOLATION: number = declareCounter(
@@ -133,6 +139,7 @@ export class HvmHapPlatform extends BasePlatform {
   readonly emulator: Interpreter;
   /** Whether VM exits and entries flush the TLB. */
   readonly flushesOnWorldSwitch: boolean;
+  readonly #vmx: VmxExits;
   #started = false;
 
   /** A domain of `options.frames` guest frames on a machine with room for its EPT. */
@@ -184,6 +191,14 @@ export class HvmHapPlatform extends BasePlatform {
     // are not emulated: a guest that runs them out of MMIO or absent memory is crashed.
     for (const op of [OP_CALL, OP_RET]) this.emulator.intercepts[op] = 1;
     this.flushesOnWorldSwitch = options.flushOnWorldSwitch === true || options.vpid === false;
+    // I/O exiting through bitmaps (every port but 0x80 and 0xed), HLT exiting, external-
+    // interrupt exiting, interrupt-window exiting when an interrupt must wait.
+    this.#vmx = new VmxExits(
+      stats,
+      this.interpreter,
+      this.board,
+      this.flushesOnWorldSwitch ? () => this.#worldSwitch() : null,
+    );
   }
 
   /** Stores into guest memory (through the P2M) before {@link start}. */
@@ -219,7 +234,11 @@ export class HvmHapPlatform extends BasePlatform {
 
   /**
    * An EPT violation or misconfiguration is a VM exit; every other exception (a #PF
-   * included) is the guest's, delivered without one.
+   * included) is the guest's, delivered without one. Xen's VMCS exception bitmap with
+   * HAP is HVM_TRAP_MASK (#DB, #AC, #MC) (| #NM for a lazy FPU), vmcs.c
+   * construct_vmcs(); #UD only for a cross-vendor guest or hvm_fep
+   * (vmx_cpuid_policy_changed), #BP only under a debugger. KVM instead always
+   * intercepts #UD (vmx_update_exception_bitmap) to emulate VMCALL/VMMCALL.
    */
   protected onException(inInterpreter: boolean, fromUser: boolean): number {
     const e = this.cpu.exception;
@@ -227,6 +246,43 @@ export class HvmHapPlatform extends BasePlatform {
     if (vector !== VECTOR_EPT_VIOLATION && vector !== VECTOR_EPT_MISCONFIG) {
       return this.deliverToGuest(fromUser, vector, e.errorCode, e.cr2);
     }
+    const outcome = this.#eptExit(inInterpreter, fromUser);
+    this.#vmx.entry(this.isGuestLevel, false);
+    return outcome;
+  }
+
+  /** IN/OUT exits (nothing else is intercepted). */
+  protected override onIntercept(): number {
+    const vmx = this.#vmx;
+    if (vmx.handles(this.interpreter.decoded.op)) return vmx.ioExit(this.isGuestLevel);
+    return super.onIntercept();
+  }
+
+  /** HLT exiting: the exit, then the vCPU blocks until an interrupt (Xen's hvm_hlt). */
+  protected override onHalt(): number {
+    const vmx = this.#vmx;
+    vmx.hltExit();
+    const blocks = this.interpreter.pendingInterrupt < 0;
+    const outcome = super.onHalt();
+    if (outcome === HANDLED_RETRY && blocks) vmx.halted();
+    vmx.entry(true, true);
+    return outcome;
+  }
+
+  /** A device interrupt: an external-interrupt exit, then injection at VM entry. */
+  protected override raiseGuestInterrupt(vector: number): void {
+    this.#vmx.raise(vector);
+  }
+
+  /** Counts the interrupt-window exits of the stretch of guest execution that ended. */
+  protected override afterGuestChunk(): void {
+    this.#vmx.afterChunk();
+  }
+
+  // EXIT_REASON_EPT_VIOLATION (48) / EXIT_REASON_EPT_MISCONFIG (49).
+  #eptExit(inInterpreter: boolean, fromUser: boolean): number {
+    const e = this.cpu.exception;
+    const vector = e.vector;
     const counts = this.counts;
     this.#worldSwitch(); // VM exit
     counts[EXIT_TOTAL]++;

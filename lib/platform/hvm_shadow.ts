@@ -7,6 +7,11 @@
  * either fixed by the hypervisor (hidden), injected into the guest (genuine), or is a
  * write to a guest page table that the hypervisor emulates.
  *
+ * The guest's CPU work exits as under Xen's VMX (`vmx_exits.ts`): IN/OUT (the I/O
+ * bitmap), HLT, external interrupts and interrupt windows. The exception bitmap holds
+ * #PF only (with #DB, #AC and #MC, which this guest never raises): every other
+ * exception the guest raises (#GP, #UD, #DE, #BP) goes through its own IDT with no exit.
+ *
  * Exits are counted by reason (`exit.*`); the shadow core counts the rest.
  *
  * @module
@@ -55,7 +60,8 @@ import { SHADOW_UNSHADOW_REUSED, ShadowMmu } from "../shadow/shadow_mmu.ts";
 import { checkShadows } from "../shadow/check_shadows.ts";
 import { BasePlatform, EXIT_TOTAL, HANDLED_COMPLETE, HANDLED_RETRY } from "./base_platform.ts";
 import { enterLongMode, resetPagingControl } from "./native.ts";
-import type { PlatformName } from "./platform.ts";
+import type { GuestCpuState, PlatformName } from "./platform.ts";
+import { VmxExits } from "./vmx_exits.ts";
 
 /** #PF exits. */
 export const EXIT_PF: number = declareCounter(
@@ -146,6 +152,7 @@ export class HvmShadowPlatform extends BasePlatform {
   /** The shadow core. */
   readonly mmu: ShadowMmu;
   readonly #fault = new ShadowFaultResult();
+  readonly #vmx: VmxExits;
   #started = false;
 
   /** A domain of `options.frames` guest frames on a machine with room for the pool. */
@@ -185,6 +192,9 @@ export class HvmShadowPlatform extends BasePlatform {
     if (options.oosPages !== undefined) mmuOptions.oosPages = options.oosPages;
     this.mmu = new ShadowMmu(memory, frameTable, p2m, cpu, stats, mmuOptions);
     this.mmu.view.mmio = this.device; // the device model behind every MMIO exit
+    // I/O exiting through bitmaps (every port but 0x80 and 0xed), HLT exiting, external-
+    // interrupt exiting, interrupt-window exiting when an interrupt must wait.
+    this.#vmx = new VmxExits(stats, interpreter, this.board);
   }
 
   /** Stores into guest memory (through the P2M) before {@link start}. */
@@ -237,10 +247,25 @@ export class HvmShadowPlatform extends BasePlatform {
     this.#started = true;
   }
 
-  /** A #PF is a VM exit to the shadow code; other exceptions are the guest's. */
+  /**
+   * A #PF is a VM exit to the shadow code; other exceptions are the guest's, delivered
+   * through its IDT without an exit. Xen's VMCS exception bitmap under shadow paging is
+   * HVM_TRAP_MASK (#DB, #AC, #MC) | #PF (| #NM for a lazy FPU), vmcs.c construct_vmcs();
+   * #UD only for a cross-vendor guest or hvm_fep (vmx_cpuid_policy_changed), #BP only
+   * under a debugger (vmx_update_debug_state). KVM instead always intercepts #UD
+   * (vmx_update_exception_bitmap: PF, UD, MC, DB, AC) to emulate VMCALL/VMMCALL.
+   */
   protected onException(inInterpreter: boolean, fromUser: boolean): number {
     const e = this.cpu.exception;
     if (e.vector !== VECTOR_PF) return this.deliverToGuest(fromUser, e.vector, e.errorCode, e.cr2);
+    const outcome = this.#pageFaultExit(inInterpreter, fromUser);
+    this.#vmx.entry(this.isGuestLevel, false);
+    return outcome;
+  }
+
+  // EXIT_REASON_EXCEPTION_NMI with vector 14: the shadow fault handler.
+  #pageFaultExit(inInterpreter: boolean, fromUser: boolean): number {
+    const e = this.cpu.exception;
     const counts = this.counts;
     counts[EXIT_TOTAL]++;
     counts[EXIT_PF]++;
@@ -307,8 +332,49 @@ export class HvmShadowPlatform extends BasePlatform {
     }
   }
 
-  /** MOV to/from CR3 and INVLPG exits. */
+  /** IN/OUT, MOV to/from CR3 and INVLPG exits. */
   protected override onIntercept(): number {
+    const vmx = this.#vmx;
+    if (vmx.handles(this.interpreter.decoded.op)) return vmx.ioExit(this.isGuestLevel);
+    const outcome = this.#controlRegisterExit();
+    vmx.entry(this.isGuestLevel, true);
+    return outcome;
+  }
+
+  /** HLT exiting: the exit, then the vCPU blocks until an interrupt (Xen's hvm_hlt). */
+  protected override onHalt(): number {
+    const vmx = this.#vmx;
+    vmx.hltExit();
+    const blocks = this.interpreter.pendingInterrupt < 0;
+    const outcome = super.onHalt();
+    if (outcome === HANDLED_RETRY && blocks) vmx.halted();
+    vmx.entry(true, true);
+    return outcome;
+  }
+
+  /** A device interrupt: an external-interrupt exit, then injection at VM entry. */
+  protected override raiseGuestInterrupt(vector: number): void {
+    this.#vmx.raise(vector);
+  }
+
+  /** Counts the interrupt-window exits of the stretch of guest execution that ended. */
+  protected override afterGuestChunk(): void {
+    this.#vmx.afterChunk();
+  }
+
+  /**
+   * The guest's processor state lives in the VMCS, except its CR3: the hardware CR3
+   * points at the shadow, the guest's own value is the hypervisor's
+   * (v->arch.hvm.guest_cr[3]).
+   */
+  override guestCpuState(): GuestCpuState {
+    const state = super.guestCpuState();
+    state.cr3 = this.mmu.guestCtl.cr3;
+    return state;
+  }
+
+  // CR-access exits (MOV to/from CR3, reads of CR0/CR2/CR4/CR8) and INVLPG exits.
+  #controlRegisterExit(): number {
     const interpreter = this.interpreter;
     const d = interpreter.decoded;
     const counts = this.counts;

@@ -21,10 +21,16 @@ import type { InterpreterContext } from "../x86/interpreter.ts";
 import type { PcBoard } from "./pc_board.ts";
 
 /** The ways the lab runs the same guest. */
-export type PlatformName = "native" | "pv" | "hvm-shadow" | "hvm-hap";
+export type PlatformName = "native" | "pv" | "hvm-shadow" | "hvm-hap" | "classic";
 
 /** Every platform name, in the order reports show them. */
-export const PLATFORM_NAMES: readonly PlatformName[] = ["native", "pv", "hvm-shadow", "hvm-hap"];
+export const PLATFORM_NAMES: readonly PlatformName[] = [
+  "native",
+  "pv",
+  "hvm-shadow",
+  "hvm-hap",
+  "classic",
+];
 
 /** A trap handler's answer: the faulting access or instruction is retried. */
 export const TRAP_RETRY = 0;
