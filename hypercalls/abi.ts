@@ -1,8 +1,11 @@
 /**
- * The paravirtual MMU ABI as Xen's public headers define it (`xen/include/public/xen.h`,
+ * The paravirtual ABI as Xen's public headers define it (`xen/include/public/xen.h`,
  * `xen/include/public/errno.h`, whose enum names the values `XEN_E*`): hypercall numbers, the commands of `mmu_update`,
  * `mmuext_op` and `update_va_mapping`, the structures' layouts, the special domain ids and
- * the negative errno values hypercalls return. Every number here is Xen's.
+ * the negative errno values hypercalls return; and the CPU side (`callback.h`,
+ * `event_channel.h`, `vcpu.h`, `sched.h`, `physdev.h`, `version.h`): the commands and
+ * structures of the trap table, callbacks, event channels and the iret frame. Every number
+ * here is Xen's.
  *
  * The 64-bit calling convention: RAX = hypercall number; RDI, RSI, RDX, R10, R8 =
  * arguments 1..5; RAX = the result (0 or a count on success, -errno on failure).
@@ -14,33 +17,69 @@
  *                                        16  u64 arg2  nr_ents / vcpumask / src_mfn
  * struct multicall_entry (64 bytes)
  *  0  u64 op    8  u64 result   16..63  u64 args[6]
+ *
+ * struct trap_info (16 bytes)            struct callback_register (16 bytes)
+ *  0  u8 vector  1  u8 flags              0  u16 type  2  u16 flags
+ *  2  u16 cs     8  u64 address            8  u64 address
+ *    flags: bits 1..0 DPL, bit 2 = mask events on entry
+ * struct iret_context (72 bytes, on the guest stack at RSP)
+ *  0 rax  8 r11  16 rcx  24 flags  32 rip  40 cs  48 rflags  56 rsp  64 ss
+ * struct vcpu_register_vcpu_info         struct evtchn_bind_virq / _pirq
+ *  0  u64 mfn  8  u32 offset  12 u32 rsvd   0  u32 virq|pirq  4  u32 vcpu|flags  8  u32 port
  * ```
  *
  * @module
  */
 
-/** __HYPERVISOR_set_trap_table. */
+/** __HYPERVISOR_set_trap_table(trap_info[]): the virtual IDT. */
 export const HYPERVISOR_SET_TRAP_TABLE = 0;
 /** __HYPERVISOR_mmu_update(reqs, count, pdone, foreigndom). */
 export const HYPERVISOR_MMU_UPDATE = 1;
+/** __HYPERVISOR_stack_switch(ss, sp): the kernel stack for entries from user mode. */
+export const HYPERVISOR_STACK_SWITCH = 3;
 /** __HYPERVISOR_multicall(call_list, nr_calls). */
 export const HYPERVISOR_MULTICALL = 13;
 /** __HYPERVISOR_update_va_mapping(va, val, flags). */
 export const HYPERVISOR_UPDATE_VA_MAPPING = 14;
+/** __HYPERVISOR_xen_version(cmd, arg). */
+export const HYPERVISOR_XEN_VERSION = 17;
 /** __HYPERVISOR_vm_assist. */
 export const HYPERVISOR_VM_ASSIST = 21;
 /** __HYPERVISOR_update_va_mapping_otherdomain(va, val, flags, domid). */
 export const HYPERVISOR_UPDATE_VA_MAPPING_OTHERDOMAIN = 22;
+/** __HYPERVISOR_iret: struct iret_context on the guest stack. */
+export const HYPERVISOR_IRET = 23;
+/** __HYPERVISOR_vcpu_op(cmd, vcpuid, arg). */
+export const HYPERVISOR_VCPU_OP = 24;
 /** __HYPERVISOR_mmuext_op(uops, count, pdone, foreigndom). */
 export const HYPERVISOR_MMUEXT_OP = 26;
+/** __HYPERVISOR_sched_op(cmd, arg). */
+export const HYPERVISOR_SCHED_OP = 29;
+/** __HYPERVISOR_callback_op(cmd, arg). */
+export const HYPERVISOR_CALLBACK_OP = 30;
+/** __HYPERVISOR_event_channel_op(cmd, arg). */
+export const HYPERVISOR_EVENT_CHANNEL_OP = 32;
+/** __HYPERVISOR_physdev_op(cmd, arg). */
+export const HYPERVISOR_PHYSDEV_OP = 33;
+/** NR_hypercalls: RAX at or above it is -ENOSYS without a handler (entry.S bad_hypercall). */
+export const NR_HYPERCALLS = 64;
 
 /** Names of the hypercalls this lab serves, by number (for counters and messages). */
 export const HYPERCALL_NAMES: Readonly<Record<number, string>> = {
+  [HYPERVISOR_SET_TRAP_TABLE]: "set_trap_table",
   [HYPERVISOR_MMU_UPDATE]: "mmu_update",
+  [HYPERVISOR_STACK_SWITCH]: "stack_switch",
   [HYPERVISOR_MULTICALL]: "multicall",
   [HYPERVISOR_UPDATE_VA_MAPPING]: "update_va_mapping",
+  [HYPERVISOR_XEN_VERSION]: "xen_version",
   [HYPERVISOR_UPDATE_VA_MAPPING_OTHERDOMAIN]: "update_va_mapping_otherdomain",
+  [HYPERVISOR_IRET]: "iret",
+  [HYPERVISOR_VCPU_OP]: "vcpu_op",
   [HYPERVISOR_MMUEXT_OP]: "mmuext_op",
+  [HYPERVISOR_SCHED_OP]: "sched_op",
+  [HYPERVISOR_CALLBACK_OP]: "callback_op",
+  [HYPERVISOR_EVENT_CHANNEL_OP]: "event_channel_op",
+  [HYPERVISOR_PHYSDEV_OP]: "physdev_op",
 };
 
 /** mmu_update command in ptr bits 2..0: checked `*ptr = val`. */
@@ -138,8 +177,12 @@ export const XEN_EACCES = 13;
 export const XEN_EFAULT = 14;
 /** XEN_EBUSY: the frame cannot take the reference (wrong type, owner, count). */
 export const XEN_EBUSY = 16;
+/** XEN_EEXIST: already bound (a VIRQ or PIRQ with an event channel). */
+export const XEN_EEXIST = 17;
 /** XEN_EINVAL. */
 export const XEN_EINVAL = 22;
+/** XEN_ENOSPC: no free event-channel port. */
+export const XEN_ENOSPC = 28;
 /** XEN_ENOSYS: no such hypercall or command. */
 export const XEN_ENOSYS = 38;
 /** XEN_EOPNOTSUPP. */
@@ -153,7 +196,9 @@ const ERRNO_NAMES: Readonly<Record<number, string>> = {
   [XEN_EACCES]: "EACCES",
   [XEN_EFAULT]: "EFAULT",
   [XEN_EBUSY]: "EBUSY",
+  [XEN_EEXIST]: "EEXIST",
   [XEN_EINVAL]: "EINVAL",
+  [XEN_ENOSPC]: "ENOSPC",
   [XEN_ENOSYS]: "ENOSYS",
   [XEN_EOPNOTSUPP]: "EOPNOTSUPP",
 };
@@ -172,3 +217,68 @@ export function formatHypercallResult(rc: number): string {
   const name = ERRNO_NAMES[-rc];
   return name === undefined ? String(rc) : `-${name}`;
 }
+
+// ---------------------------------------------------------------------------------------
+// The CPU side: callbacks, trap table, iret, events, scheduling (xen/include/public/).
+// ---------------------------------------------------------------------------------------
+
+/** Bytes of struct trap_info. */
+export const TRAP_INFO_SIZE = 16;
+/** trap_info.flags bits 1..0: the DPL an INT n needs (TI_GET_DPL). */
+export const TI_DPL_MASK = 3;
+/** trap_info.flags bit 2: events are masked on entry to the handler (TI_GET_IF). */
+export const TI_MASK_EVENTS = 4;
+/** Bytes of struct iret_context: rax, r11, rcx, flags, rip, cs, rflags, rsp, ss. */
+export const IRET_CONTEXT_SIZE = 72;
+/** iret_context.flags: return as from a SYSCALL (RCX, R11 not restored). xen.h. */
+export const VGCF_IN_SYSCALL = 0x100;
+
+/** XENVER_version: returns major << 16 | minor. version.h. */
+export const XENVER_VERSION = 0;
+/** The Xen release this lab's hypervisor claims: 4.19. */
+export const XEN_MAJOR_VERSION = 4;
+/** Minor version. */
+export const XEN_MINOR_VERSION = 19;
+
+/** VCPUOP_register_vcpu_info: place vcpu_info at {mfn, offset}. vcpu.h. */
+export const VCPUOP_REGISTER_VCPU_INFO = 10;
+/** Bytes of struct vcpu_register_vcpu_info. */
+export const VCPU_REGISTER_VCPU_INFO_SIZE = 16;
+
+/** SCHEDOP_yield. sched.h. */
+export const XEN_SCHEDOP_YIELD = 0;
+/** SCHEDOP_block: enable event delivery, block until an event is pending. */
+export const XEN_SCHEDOP_BLOCK = 1;
+
+/** CALLBACKOP_register. callback.h. */
+export const CALLBACKOP_REGISTER = 0;
+/** CALLBACKOP_unregister. */
+export const CALLBACKOP_UNREGISTER = 1;
+/** CALLBACKTYPE_event: the event-channel upcall. */
+export const CALLBACKTYPE_EVENT = 0;
+/** CALLBACKTYPE_failsafe: Xen cannot return to the guest's state. */
+export const CALLBACKTYPE_FAILSAFE = 1;
+/** CALLBACKTYPE_syscall: SYSCALL from 64-bit user mode. */
+export const CALLBACKTYPE_SYSCALL = 2;
+/** CALLBACKTYPE_nmi. */
+export const CALLBACKTYPE_NMI = 4;
+/** CALLBACKTYPE_sysenter. */
+export const CALLBACKTYPE_SYSENTER = 5;
+/** CALLBACKTYPE_syscall32. */
+export const CALLBACKTYPE_SYSCALL32 = 7;
+/** callback_register.flags: mask events on entry (failsafe and syscall only). */
+export const CALLBACKF_MASK_EVENTS = 1;
+
+/** EVTCHNOP_bind_virq. event_channel.h. */
+export const EVTCHNOP_BIND_VIRQ = 1;
+/** EVTCHNOP_bind_pirq. */
+export const EVTCHNOP_BIND_PIRQ = 2;
+/** VIRQ_TIMER: the vCPU's timer (a per-vCPU VIRQ). xen.h. */
+export const VIRQ_TIMER = 0;
+/** NR_VIRQS. */
+export const NR_VIRQS = 24;
+
+/** PHYSDEVOP_set_iopl {u32 iopl}: the vCPU's virtual I/O privilege level. physdev.h. */
+export const PHYSDEVOP_SET_IOPL = 6;
+/** PHYSDEVOP_eoi {u32 irq}: end of interrupt for a PIRQ. */
+export const PHYSDEVOP_EOI = 12;

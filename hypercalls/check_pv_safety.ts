@@ -1,7 +1,8 @@
 /**
  * Invariant 4 of DESIGN.md (PV safety), checked from scratch: walks every table frame of
  * the domain that holds a validated table type and recounts the references its entries
- * hold, adds pins, CR3 and the allocation reference, and compares with the frame table.
+ * hold, adds pins, CR3, the vcpu_info frame and the allocation reference, and compares
+ * with the frame table.
  * Also checks that no present entry maps a frame of another domain (or I/O memory without
  * permission), that no table frame is mapped writable by an entry or by a TLB entry, and
  * that upper entries point at validated tables of the right level.
@@ -47,6 +48,15 @@ export function checkPvSafety(d: PvDomain): string[] {
     if (types.isPinned(mfn)) {
       count[mfn]++;
       typeRefs[mfn]++;
+    }
+  }
+  // The registered vcpu_info frame: a general and a writable type reference (map_vcpu_info).
+  const vcpuInfo = d.vcpu.vcpuInfoMfn;
+  if (vcpuInfo >= 0) {
+    count[vcpuInfo]++;
+    typeRefs[vcpuInfo]++;
+    if (types.type[vcpuInfo] !== PGT_WRITABLE) {
+      report(`vcpu_info frame ${vcpuInfo} is typed ${types.describe(vcpuInfo)}`);
     }
   }
   for (const top of [d.guestTable, d.guestTableUser]) {

@@ -1,7 +1,9 @@
 /**
  * What the hypervisor keeps for one paravirtual domain, and the services every hypercall
  * handler uses: the machine's memory, frame table, page types and M2P; the domain's vCPU
- * (its CR3 is the domain's `guest_table`); the I/O frames the domain may map; reading and
+ * (its CR3 is the domain's `guest_table`; its registers, the interpreter's, are Xen's
+ * `cpu_user_regs`; its PV state and event channels are a {@link PvVcpu}); the I/O frames,
+ * I/O ports and PIRQs the domain may use (`iomem=`, `ioports=`, `irqs=`); reading and
  * writing guest memory through the guest's own page tables (Xen's copy_from_guest /
  * copy_to_guest); and the TLB flushes Xen performs, with the flush clock that lets a type
  * change skip a flush when one already happened (`tlbflush_timestamp`).
@@ -15,11 +17,13 @@ import { ACCESS_READ, ACCESS_WRITE } from "../lib/x86/access.ts";
 import { LINEAR_LIMIT, UPPER_HALF_START } from "../lib/x86/address.ts";
 import { declareCounter, type Stats } from "../lib/x86/stats.ts";
 import type { Vcpu } from "../lib/x86/vcpu.ts";
+import type { Interpreter } from "../lib/x86/interpreter.ts";
 import type { FrameTable } from "../lib/memory/frame_table.ts";
 import type { MachineMemory } from "../lib/memory/machine_memory.ts";
 import type { PageTypes } from "../lib/memory/page_types.ts";
 import type { DomainId } from "../lib/memory/types.ts";
 import { DOMID_IO, DOMID_SELF, DOMID_XEN_ID, XEN_EPERM, XEN_ESRCH } from "./abi.ts";
+import { PvVcpu } from "./pv_vcpu.ts";
 
 /** mmu_update calls. */
 export const HC_MMU_UPDATE: number = declareCounter(
@@ -138,6 +142,103 @@ export const PV_FLUSH_LINEAR: number = declareCounter(
   "flushes",
 );
 
+/** set_trap_table calls. */
+export const HC_SET_TRAP_TABLE: number = declareCounter(
+  "hypercall.set_trap_table",
+  "set_trap_table calls (the virtual IDT)",
+  "calls",
+);
+/** stack_switch calls. */
+export const HC_STACK_SWITCH: number = declareCounter(
+  "hypercall.stack_switch",
+  "stack_switch calls (the kernel stack for entries from user mode)",
+  "calls",
+);
+/** xen_version calls. */
+export const HC_XEN_VERSION: number = declareCounter(
+  "hypercall.xen_version",
+  "xen_version calls (also the guest's way to have Xen check for pending events)",
+  "calls",
+);
+/** iret calls. */
+export const HC_IRET: number = declareCounter(
+  "hypercall.iret",
+  "iret calls: returns from the guest kernel's handlers (to user or kernel mode)",
+  "calls",
+);
+/** vcpu_op calls. */
+export const HC_VCPU_OP: number = declareCounter(
+  "hypercall.vcpu_op",
+  "vcpu_op calls (VCPUOP_register_vcpu_info)",
+  "calls",
+);
+/** sched_op calls. */
+export const HC_SCHED_OP: number = declareCounter(
+  "hypercall.sched_op",
+  "sched_op calls (SCHEDOP_yield, SCHEDOP_block: the PV idle)",
+  "calls",
+);
+/** callback_op calls. */
+export const HC_CALLBACK_OP: number = declareCounter(
+  "hypercall.callback_op",
+  "callback_op calls (event, failsafe and syscall callbacks)",
+  "calls",
+);
+/** event_channel_op calls. */
+export const HC_EVENT_CHANNEL_OP: number = declareCounter(
+  "hypercall.event_channel_op",
+  "event_channel_op calls (binding VIRQs and PIRQs to ports)",
+  "calls",
+);
+/** physdev_op calls. */
+export const HC_PHYSDEV_OP: number = declareCounter(
+  "hypercall.physdev_op",
+  "physdev_op calls (PHYSDEVOP_eoi, PHYSDEVOP_set_iopl)",
+  "calls",
+);
+/** System calls bounced. */
+export const PV_BOUNCE_SYSCALL: number = declareCounter(
+  "pv.bounce.syscall",
+  "system calls the hypervisor bounced to the guest kernel (int 0x80, SYSCALL from user)",
+  "calls",
+);
+/** Event upcalls. */
+export const PV_EVENT_UPCALL: number = declareCounter(
+  "pv.eventUpcall",
+  "event-channel upcalls: bounce frames to the guest's event callback",
+  "upcalls",
+);
+/** Events sent to ports. */
+export const PV_EVENT_SENT: number = declareCounter(
+  "pv.eventSent",
+  "device interrupts turned into an event on a bound port (VIRQ_TIMER, the keyboard PIRQ)",
+  "events",
+);
+/** Device interrupts with no port. */
+export const PV_EVENT_DROPPED: number = declareCounter(
+  "pv.eventDropped",
+  "device interrupts dropped because no event channel was bound to them",
+  "interrupts",
+);
+/** Privileged instructions emulated. */
+export const PV_EMULATED_PRIV_OP: number = declareCounter(
+  "pv.emulatedPrivOp",
+  "privileged instructions of the guest kernel the hypervisor emulated (IN, OUT, CLI, STI)",
+  "instructions",
+);
+/** Port accesses refused by the domain's I/O port permissions. */
+export const PV_IO_DENIED: number = declareCounter(
+  "pv.ioDenied",
+  "emulated port accesses outside the domain's ioports (reads return all ones, writes dropped)",
+  "accesses",
+);
+/** Failsafe callbacks. */
+export const PV_FAILSAFE: number = declareCounter(
+  "pv.failsafe",
+  "returns to the guest that could not be made, bounced to its failsafe callback",
+  "bounces",
+);
+
 /** The first L4 slot Xen reserves for itself in a 64-bit PV guest's top level. */
 export const XEN_FIRST_L4_SLOT = 256;
 /** The last reserved L4 slot (ROOT_PAGETABLE_LAST_XEN_SLOT). */
@@ -169,6 +270,12 @@ export interface PvDomainOptions {
   linearPageTables?: boolean;
   /** Ids of the other domains on the machine (foreign domains the guest may name). */
   otherDomains?: readonly number[];
+  /** The vCPU's registers (Xen's cpu_user_regs): the interpreter running the guest. */
+  regs?: Interpreter;
+  /** I/O port ranges the domain may access directly (ioports_access_permitted). */
+  ioPorts?: readonly { first: number; count: number }[];
+  /** PIRQs the domain may bind (pirq_access_permitted; `irqs=` in a domain config). */
+  pirqs?: readonly number[];
 }
 
 /**
@@ -200,6 +307,10 @@ export class PvDomain {
   readonly m2p: Float64Array;
   /** The vCPU. */
   readonly cpu: Vcpu;
+  /** The vCPU's registers (cpu_user_regs), or null when the domain has no interpreter. */
+  readonly regs: Interpreter | null;
+  /** The vCPU's PV state (trap table, callbacks, vcpu_info) and the event channels. */
+  readonly vcpu: PvVcpu;
   /** The run's counters. */
   readonly counts: Float64Array;
   /** The run's counter set (its `trace` sink too). */
@@ -224,6 +335,9 @@ export class PvDomain {
   readonly #ioFirst: Float64Array;
   readonly #ioEnd: Float64Array;
   readonly #others: readonly number[];
+  readonly #portFirst: Float64Array;
+  readonly #portEnd: Float64Array;
+  readonly #pirqs: Uint8Array;
 
   /** The state of a domain built from `options`. */
   constructor(options: PvDomainOptions) {
@@ -240,6 +354,33 @@ export class PvDomain {
     this.#ioFirst = Float64Array.from(io, (r) => r.first);
     this.#ioEnd = Float64Array.from(io, (r) => r.first + r.count);
     this.#others = [...(options.otherDomains ?? [])];
+    this.regs = options.regs ?? null;
+    this.vcpu = new PvVcpu(options.memory);
+    const ports = options.ioPorts ?? [];
+    this.#portFirst = Float64Array.from(ports, (r) => r.first);
+    this.#portEnd = Float64Array.from(ports, (r) => r.first + r.count);
+    this.#pirqs = new Uint8Array(256);
+    for (const pirq of options.pirqs ?? []) this.#pirqs[pirq & 0xff] = 1;
+  }
+
+  /**
+   * admin_io_okay (pv/emul-priv-op.c): whether ports `port`..`port + bytes - 1` lie in one
+   * range the domain was given. Never 0xcf8 as a dword (PCI config address) nor the RTC
+   * index/data ports (0x70, 0x71).
+   */
+  isIoPortPermitted(port: number, bytes: number): boolean {
+    if (port === 0xcf8 && bytes === 4) return false;
+    if ((port & ~1) === 0x70) return false;
+    const last = port + bytes - 1;
+    for (let i = 0; i < this.#portFirst.length; i++) {
+      if (port >= this.#portFirst[i]! && last < this.#portEnd[i]!) return true;
+    }
+    return false;
+  }
+
+  /** pirq_access_permitted: whether the domain may bind PIRQ `pirq`. */
+  isPirqPermitted(pirq: number): boolean {
+    return Number.isInteger(pirq) && pirq >= 0 && pirq < 256 && this.#pirqs[pirq] === 1;
   }
 
   /** Whether the domain has I/O-memory permission (then cache bits are allowed at L1). */

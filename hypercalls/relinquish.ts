@@ -1,8 +1,9 @@
 /**
  * Domain death (Xen's domain_relinquish_resources for a PV domain): the vCPU's top-level
- * references go, every pinned table is unpinned, tables still validated (circular linear
- * links, or tables only a dead table referenced) are devalidated from the top level down,
- * and each frame's allocation reference is dropped, which frees it.
+ * references and its vcpu_info's go, every pinned table is unpinned, tables still
+ * validated (circular linear links, or tables only a dead table referenced) are
+ * devalidated from the top level down, and each frame's allocation reference is dropped,
+ * which frees it.
  *
  * @module
  */
@@ -37,6 +38,9 @@ export function relinquishDomain(d: PvDomain): { freed: number; leaked: number }
   if (d.guestTableUser >= 0) putPageAndType(d, d.guestTableUser);
   d.guestTable = -1;
   d.guestTableUser = -1;
+  // unmap_vcpu_info: the vcpu_info frame's writable reference.
+  if (d.vcpu.vcpuInfoMfn >= 0) putPageAndType(d, d.vcpu.vcpuInfoMfn);
+  d.vcpu.vcpuInfoMfn = -1;
   for (let level = PGT_L4; level >= PGT_L1; level--) {
     for (let mfn = 0; mfn < n; mfn++) {
       if (owner[mfn] !== d.id) continue;

@@ -6,8 +6,11 @@
  * with no published backing, [D] a value derived by arithmetic on published ones.
  *
  * Costs are additive and per event: a VM exit of any reason costs the hardware round trip
- * plus a simple handler; events handled inside an exit (an emulated page-table write, a
- * hidden or reflected fault, a resync) add what their published totals exceed that by.
+ * plus a simple handler (priced once, on `exit.total`); events handled inside an exit (an
+ * emulated page-table write, a hidden or reflected fault, a resync, an emulated port
+ * access, a round trip to the device model) add what their published totals exceed that
+ * by, and exit reasons whose handling is simple (HLT, external interrupt, interrupt
+ * window) are listed at 0 so the report says where their cost is.
  *
  * @module
  */
@@ -22,6 +25,12 @@ export interface CostEntry {
   cycles: number;
   /** Where the number comes from. */
   source: string;
+  /**
+   * A counter whose events this one's are a subset of and that they are priced instead
+   * of: each event here takes one event off that counter's bill (a classic monitor's trap
+   * is also counted in `exit.total`, but costs a ring transition, not a VMX round trip).
+   */
+  insteadOf?: string;
 }
 
 /** A CPU profile: a name, what it models, and its prices. */
@@ -46,6 +55,9 @@ const P4 = {
   // A PV transition (a bounced fault, or a hypercall with its handler): (2.73 - 1.42) us x
   // 2.4 GHz / 2 transitions per demand fault (Barham 2003 Table 5 + text), on NetBurst [D].
   pvTransition: 1570,
+  nativeException: 889, // divzero: fault to ring 0, minimal handler, IRET (Adams & Agesen) [P]
+  // A process switch natively: lmbench 2p/0K 0.77 us x 2.4 GHz (Barham 2003 Table 4) [D].
+  contextSwitch: 1850,
 };
 const NEHALEM = {
   rt: 1009, // Nehalem exit+entry round trip (Agesen et al., ATC 2012, Table 1) [P]
@@ -56,6 +68,8 @@ const NEHALEM = {
   nativeIo: 1000, // [A] an uncached register access on a 2009 machine
   io: 4000, // [A] RT + handler + device-model work
   pvTransition: 1000, // [A] (calibration §7: pv.transition on a 2009 machine)
+  nativeException: 800, // [A] (calibration §7: native.exception_nonmmu)
+  contextSwitch: 1000, // [A] a process switch on a 2009 machine
 };
 
 const SANDY_BRIDGE = {
@@ -67,6 +81,8 @@ const SANDY_BRIDGE = {
   nativeIo: 1000, // [A]
   io: 4000, // [A]
   pvTransition: 1000, // [A]
+  nativeException: 800, // [A]
+  contextSwitch: 1000, // [A]
 };
 
 function hardwareCosts(era: { nativePf: number; nativeIo: number }): CostEntry[] {
@@ -125,6 +141,38 @@ function pvCosts(era: typeof P4): CostEntry[] {
       cycles: 50,
       source: "[A] checking one present entry (calibration §7: pv.pte_validate_per_entry [NF])",
     },
+    {
+      counter: "pv.bounce.syscall",
+      cycles: era.pvTransition,
+      source: "a 64-bit PV system call enters Xen and is bounced to the guest kernel: one " +
+        "transition, as a bounced fault (Barham 2003) [D]",
+    },
+    {
+      counter: "pv.eventUpcall",
+      cycles: era.pvTransition,
+      source: "Xen builds a bounce frame to the guest's event callback: one transition, as a " +
+        "bounced fault (Barham 2003) [D]",
+    },
+    {
+      counter: "pv.emulatedPrivOp",
+      cycles: era.pvTransition + era.handler,
+      source: "emulate_privileged_op: the #GP into Xen and back (one transition, Barham " +
+        "2003) plus decoding and emulating the instruction (a simple exit handler, " +
+        "Turtles 2010 / calibration §7) [D]",
+    },
+  ];
+}
+
+function classicCosts(era: typeof P4): CostEntry[] {
+  return [
+    {
+      counter: "classic.trap",
+      insteadOf: "exit.total",
+      cycles: era.nativeException + era.handler,
+      source: "a pre-VT-x monitor's trap: a fault from ring 1/3 to ring 0 and IRET back " +
+        "(divzero with a minimal handler: 889 cycles on the P4 672, Adams & Agesen 2006) " +
+        "plus the monitor's decode and emulation (a simple handler, calibration §7) [D]",
+    },
   ];
 }
 
@@ -154,6 +202,40 @@ function hvmCosts(era: typeof P4): CostEntry[] {
       counter: "emulate.mmio",
       cycles: era.io - era.rt - era.handler,
       source: "`in` under VT minus the exit (Adams & Agesen 2006), for an MMIO access [D]",
+    },
+    {
+      counter: "exit.io",
+      cycles: era.io - era.rt - era.handler,
+      source: "`in` port 0x80 under VT (15,826 on the P4, emulated inside the VMM) minus " +
+        "the exit it rides on (Adams & Agesen 2006) [D]: decoding the port access and " +
+        "emulating it in the hypervisor (Xen's handle_pio)",
+    },
+    {
+      counter: "hvm.ioreq",
+      cycles: 2 * era.pvTransition + 2 * era.contextSwitch,
+      source: "[D/A] a round trip to the device model in dom0 (Xen's ioreq to QEMU): two " +
+        "switches between the guest's vCPU and dom0's and QEMU's wake-up (2 x a native " +
+        "process switch, Barham 2003 Table 4) plus dom0's event upcall and its " +
+        "completion hypercall (2 x a PV transition, Barham 2003); no published " +
+        "measurement found (calibration [NF])",
+    },
+    {
+      counter: "exit.hlt",
+      cycles: 0,
+      source: "priced by exit.total (round trip + simple handler); the time the vCPU " +
+        "then sleeps is idle time, not cost",
+    },
+    {
+      counter: "exit.externalInterrupt",
+      cycles: 0,
+      source: "priced by exit.total (round trip + simple handler: the host's interrupt " +
+        "handler and the injection at VM entry)",
+    },
+    {
+      counter: "exit.interruptWindow",
+      cycles: 0,
+      source: "priced by exit.total (round trip + simple handler: turning the window off " +
+        "and injecting at VM entry)",
     },
     {
       counter: "shadow.validate",
@@ -193,18 +275,28 @@ export const CPU_PROFILES: readonly CpuProfile[] = [
   {
     name: "p4_2006",
     description: "Pentium 4 672, 3.8 GHz, first-generation VT-x (Adams & Agesen, ASPLOS 2006)",
-    costs: [...hardwareCosts(P4), ...hvmCosts(P4), ...pvCosts(P4)],
+    costs: [...hardwareCosts(P4), ...hvmCosts(P4), ...pvCosts(P4), ...classicCosts(P4)],
   },
   {
     name: "nehalem2009",
     description: "Nehalem, 2009: VT-x with EPT, ~1,000-cycle round trip (Agesen et al. 2012)",
-    costs: [...hardwareCosts(NEHALEM), ...hvmCosts(NEHALEM), ...pvCosts(NEHALEM)],
+    costs: [
+      ...hardwareCosts(NEHALEM),
+      ...hvmCosts(NEHALEM),
+      ...pvCosts(NEHALEM),
+      ...classicCosts(NEHALEM),
+    ],
   },
   {
     name: "sandybridge2011",
     description:
       "Sandy Bridge, 2011: the fastest round trip published (784 cycles, Agesen et al. 2012)",
-    costs: [...hardwareCosts(SANDY_BRIDGE), ...hvmCosts(SANDY_BRIDGE), ...pvCosts(SANDY_BRIDGE)],
+    costs: [
+      ...hardwareCosts(SANDY_BRIDGE),
+      ...hvmCosts(SANDY_BRIDGE),
+      ...pvCosts(SANDY_BRIDGE),
+      ...classicCosts(SANDY_BRIDGE),
+    ],
   },
 ];
 
@@ -251,9 +343,15 @@ export function estimateCycles(counts: StatsSnapshot, profileName: string): Cycl
   const profile = cpuProfile(profileName);
   const parts: CycleEstimate["parts"] = [];
   let total = 0;
+  // Events priced instead of another counter's come off that counter's count.
+  const replaced = new Map<string, number>();
+  for (const { counter, insteadOf } of profile.costs) {
+    if (insteadOf === undefined) continue;
+    replaced.set(insteadOf, (replaced.get(insteadOf) ?? 0) + (counts[counter] ?? 0));
+  }
   for (const { counter, cycles } of profile.costs) {
     if (findCounter(counter) === undefined) continue; // that layer is not loaded: no events
-    const count = counts[counter] ?? 0;
+    const count = Math.max(0, (counts[counter] ?? 0) - (replaced.get(counter) ?? 0));
     if (count === 0) continue;
     parts.push({ counter, count, cycles: count * cycles, each: cycles });
     total += count * cycles;

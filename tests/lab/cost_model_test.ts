@@ -44,3 +44,43 @@ Deno.test("estimateCycles(): unpriced counters cost nothing; parts add up; bad p
     /valid profiles are p4_2006, nehalem2009, sandybridge2011/,
   );
 });
+
+Deno.test("cost model: the CPU-virtualization events (issue 9) on the P4 profile", () => {
+  const price = (counts: Record<string, number>) => estimateCycles(counts, "p4_2006").total;
+  // An I/O exit emulated inside the hypervisor costs `in` port 0x80 under VT: 15,826.
+  assert.equal(price({ "exit.total": 1, "exit.io": 1 }), 15826);
+  // One forwarded to the device model adds the round trip through dom0:
+  // 2 PV transitions (1,570) + 2 process switches (1,850).
+  assert.equal(price({ "hvm.ioreq": 1 }), 2 * 1570 + 2 * 1850);
+  // HLT, external-interrupt and interrupt-window exits cost what any simple exit costs.
+  for (const reason of ["exit.hlt", "exit.externalInterrupt", "exit.interruptWindow"]) {
+    assert.equal(price({ "exit.total": 1, [reason]: 1 }), 4340 + 2904.5, reason);
+  }
+  // A classic monitor's trap: a native fault round trip (divzero, 889) + a simple handler.
+  assert.equal(price({ "classic.trap": 1 }), 889 + 2904.5);
+  // Every classic trap is also in exit.total: it is priced as a trap instead of a VMX
+  // round trip, and the exits of a VT-x platform in the same counts keep their price.
+  assert.equal(price({ "exit.total": 3, "classic.trap": 3 }), 3 * (889 + 2904.5));
+  assert.equal(
+    price({ "exit.total": 5, "classic.trap": 3 }),
+    3 * (889 + 2904.5) + 2 * (4340 + 2904.5),
+  );
+  // Xen PV: a bounced system call or event upcall is one transition; an emulated IN/OUT
+  // is a transition plus the decode and emulation.
+  assert.equal(price({ "pv.bounce.syscall": 1 }), 1570);
+  assert.equal(price({ "pv.eventUpcall": 1 }), 1570);
+  assert.equal(price({ "pv.emulatedPrivOp": 1 }), 1570 + 2904.5);
+  // The report names every priced counter that occurred, zero-priced ones included.
+  const estimate = estimateCycles({ "exit.total": 2, "exit.hlt": 1, "exit.io": 1 }, "p4_2006");
+  assert.deepEqual(estimate.parts.map((p) => [p.counter, p.each]), [
+    ["exit.total", 4340 + 2904.5],
+    ["exit.io", 15826 - 4340 - 2904.5],
+    ["exit.hlt", 0],
+  ]);
+  for (const profile of CPU_PROFILES) {
+    const names = profile.costs.map((c) => c.counter);
+    for (const counter of ["exit.io", "hvm.ioreq", "classic.trap", "pv.emulatedPrivOp"]) {
+      assert.ok(names.includes(counter), `${profile.name} prices ${counter}`);
+    }
+  }
+});
