@@ -21,6 +21,7 @@ import {
   runComparison,
   type ScenarioDefinition,
 } from "../lib/lab/mod.ts";
+import { consoleEcho } from "./console.ts";
 import { ctxsw } from "./ctxsw.ts";
 import { forkExec } from "./fork_exec.ts";
 import { forkExit } from "./fork_exit.ts";
@@ -34,6 +35,8 @@ import { pteSpread } from "./pte_spread.ts";
 import { ptemod } from "./ptemod.ts";
 import { shell } from "./shell.ts";
 import { swap } from "./swap.ts";
+import { syscall } from "./syscall.ts";
+import { timer } from "./timer.ts";
 
 /** Every scenario, in the order compare runs them. */
 export const SCENARIOS: readonly ScenarioDefinition[] = [
@@ -50,6 +53,9 @@ export const SCENARIOS: readonly ScenarioDefinition[] = [
   swap,
   mmio,
   pteSpread,
+  syscall,
+  consoleEcho,
+  timer,
 ];
 
 /** What the command line asked for. */

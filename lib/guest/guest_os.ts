@@ -406,9 +406,6 @@ export class GuestOs {
     it.restoreContext(this.#context);
     const outcome = platform.runGuest(maxInstructions);
     it.saveContext(this.#context);
-    // Between runs the processor belongs to the lab's TypeScript callers (kernel routines
-    // for memory work): interrupts off, so nothing pending is taken inside them.
-    it.rflags &= ~RFLAGS_IF;
     switch (outcome) {
       case RUN_DONE:
         return { outcome: "done", reason: "" };

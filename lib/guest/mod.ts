@@ -15,6 +15,7 @@ export * from "./layout.ts";
 export * from "./native_paging_ops.ts";
 export * from "./paging_ops.ts";
 export * from "./process.ts";
+export * from "./programs.ts";
 export * from "./pv_paging_ops.ts";
 export * from "./shared_object.ts";
 export * from "./swap_device.ts";

@@ -169,7 +169,7 @@ export function runComparison(options: ComparisonOptions): ComparisonResult {
 
 /**
  * The counters a comparison table shows, in order: prefixes end in "." and stand for
- * every counter that starts with them.
+ * every counter that starts with them not already shown by an earlier row.
  */
 export const COMPARE_ROWS: readonly string[] = [
   "exit.total",
@@ -180,10 +180,18 @@ export const COMPARE_ROWS: readonly string[] = [
   "exit.mmio",
   "exit.ept_violation",
   "exit.ept_misconfig",
+  "exit.", // the other reasons (I/O, HLT, interrupts ...), by name
   "fault.hidden",
   "fault.genuine",
   "guest.fault",
+  "guest.syscall",
+  "guest.timerIrq",
+  "guest.keyboardIrq",
   "pv.bounce.pf",
+  "pv.bounce.",
+  "pv.eventUpcall",
+  "pv.emulatedPrivOp",
+  "classic.",
   "emulate.ptWrite",
   "emulate.mmio",
   "oos.unsync",
@@ -205,8 +213,10 @@ export function rowsOf(scenario: ComparedScenario): string[] {
   const rows: string[] = [];
   for (const row of COMPARE_ROWS) {
     if (row.endsWith(".")) {
-      for (const name of [...present].filter((n) => n.startsWith(row)).sort()) rows.push(name);
-    } else if (present.has(row)) rows.push(row);
+      for (const name of [...present].filter((n) => n.startsWith(row)).sort()) {
+        if (!rows.includes(name)) rows.push(name);
+      }
+    } else if (present.has(row) && !rows.includes(row)) rows.push(row);
   }
   return rows;
 }

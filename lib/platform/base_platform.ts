@@ -14,6 +14,7 @@ import { formatLinear } from "../x86/address.ts";
 import { formatInstruction } from "../x86/decode.ts";
 import {
   CPU_INSTRUCTIONS,
+  CPU_UD,
   type Interpreter,
   InterpreterContext,
   RFLAGS_IF,
@@ -27,7 +28,7 @@ import {
   STEP_TRIPLE_FAULT,
   STEP_UNSUPPORTED,
 } from "../x86/interpreter.ts";
-import { VECTOR_EPT_MISCONFIG, VECTOR_EPT_VIOLATION } from "../x86/vcpu.ts";
+import { VECTOR_EPT_MISCONFIG, VECTOR_EPT_VIOLATION, VECTOR_UD } from "../x86/vcpu.ts";
 import { CPU_IDLE, PcBoard } from "./pc_board.ts";
 import { declareCounter, type Stats } from "../x86/stats.ts";
 import type { Vcpu } from "../x86/vcpu.ts";
@@ -138,6 +139,7 @@ export abstract class BasePlatform implements Platform {
   // rather than to the TypeScript trap handlers (access(), execute()).
   #guestLevel = false;
   #guestCr2 = 0;
+  #inRun = false;
   #service: GuestService | null = null;
   #serviceDepth = 0;
   readonly #contexts: InterpreterContext[] = [];
@@ -246,6 +248,7 @@ export abstract class BasePlatform implements Platform {
     const end = board.now + maxInstructions;
     it.systemInstructions = true;
     this.#guestLevel = true;
+    this.#inRun = true;
     try {
       for (;;) {
         if (board.now >= board.nextEventAt) board.fireDue(this.#raise);
@@ -275,6 +278,16 @@ export abstract class BasePlatform implements Platform {
           case STEP_HALT:
             outcome = this.onHalt();
             break;
+          case STEP_UNSUPPORTED:
+            // An encoding the interpreter decodes but does not execute (16-bit PUSH, IRETW
+            // ...). From a user program it is the program's problem: #UD, as a processor
+            // without the instruction would raise. In kernel code it ends the domain.
+            if (this.cpu.ctl.cpl !== 3) return this.crashWith(this.#stepFailure(step, "guest"));
+            this.counts[CPU_UD]++;
+            this.cpu.exception.vector = VECTOR_UD;
+            this.cpu.exception.errorCode = 0;
+            outcome = this.onException(true, true);
+            break;
           default:
             return this.crashWith(this.#stepFailure(step, "guest"));
         }
@@ -286,6 +299,7 @@ export abstract class BasePlatform implements Platform {
       }
     } finally {
       this.#guestLevel = false;
+      this.#inRun = false;
     }
   }
 
@@ -355,10 +369,11 @@ export abstract class BasePlatform implements Platform {
       const step = it.deliverEvent(vector, code, false);
       if (step === STEP_OK) return HANDLED_COMPLETE;
       if (step === STEP_TRIPLE_FAULT) {
+        const where = vector === 14 ? ` (cr2 ${formatLinear(cr2)})` : "";
         return this.crashWith(
-          `triple fault delivering vector ${vector} at ${formatLinear(it.rip)} (cr2 ${
-            formatLinear(cr2)
-          }): a fault while delivering a double fault`,
+          `triple fault delivering vector ${vector} at ${
+            formatLinear(it.rip)
+          }${where}: a fault while delivering a double fault`,
         );
       }
       // An EPT exit while delivering: the hypervisor fixes the mapping, then retries.
@@ -501,10 +516,17 @@ export abstract class BasePlatform implements Platform {
     if (this.#crashReason !== "") return RUN_CRASHED;
     const savedLevel = this.#guestLevel;
     this.#guestLevel = false;
+    // Outside a guest run the routine is the lab's TypeScript kernel work: no interrupt
+    // may be taken inside it, whatever IF the guest left (the guest's own flags return).
+    const outside = !this.#inRun;
+    const interpreter = this.interpreter;
+    const flags = interpreter.rflags;
+    if (outside) interpreter.rflags = flags & ~RFLAGS_IF;
     try {
       return this.#execute(rip);
     } finally {
       this.#guestLevel = savedLevel;
+      if (outside) interpreter.rflags = (interpreter.rflags & ~RFLAGS_IF) | (flags & RFLAGS_IF);
     }
   }
 

@@ -196,7 +196,10 @@ export interface Platform {
    * current state for at most `maxInstructions` instruction times: exceptions and
    * interrupts are delivered to the guest's own handlers (by the processor, or by the
    * hypervisor reflecting them), devices raise their interrupts as the virtual clock
-   * reaches them, HLT waits for the next one. Returns RUN_DONE (a service asked to
+   * reaches them, HLT waits for the next one. The clock counts the instructions the guest
+   * retires at guest level (user code and the kernel's entry text, the same stream on
+   * every platform but PV's); the kernel's C code (a service) and the routines it runs
+   * take no virtual time, nor does the hypervisor. Returns RUN_DONE (a service asked to
    * stop), RUN_LIMIT, RUN_IDLE or RUN_CRASHED.
    */
   runGuest(maxInstructions: number): number;

@@ -12,6 +12,7 @@ import {
   formatComparisonMarkdown,
   formatComparisonText,
   renderHtmlReport,
+  rowsOf,
   runComparison,
 } from "../../lib/lab/mod.ts";
 import { SCENARIOS } from "../../scenarios/compare.ts";
@@ -163,4 +164,39 @@ Deno.test("the trace has each platform's events: hypercalls and bounces on pv, E
     assert.ok(events.includes("pv pv.bounce.pf"));
   }
   if (modes.includes("hvm-hap")) assert.ok(events.includes("hvm-hap exit.ept_violation"));
+});
+
+Deno.test("rowsOf(): the CPU rows: exit reasons by name after the fixed ones, each row once", () => {
+  const run = (counters: Record<string, number>) => ({
+    counters,
+    estimatedCycles: 0,
+    cyclesPerOperation: 0,
+    overheadVsNative: null,
+    crash: "",
+    elapsedMs: 0,
+  });
+  const rows = rowsOf({
+    name: "cpu",
+    title: "",
+    knobs: {},
+    memoryMiB: 8,
+    operations: 1,
+    results: {
+      "hvm-shadow": run({ "exit.total": 3, "exit.io": 2, "exit.hlt": 1, "exit.pf": 1 }),
+      pv: run({ "guest.syscall": 5, "hypercall.iret": 5, "pv.bounce.syscall": 5 }),
+      classic: run({ "classic.trap": 9, "classic.emulate.out": 2, "guest.timerIrq": 1 }),
+    },
+  });
+  assert.deepEqual(rows, [
+    "exit.total",
+    "exit.pf",
+    "exit.hlt",
+    "exit.io",
+    "guest.syscall",
+    "guest.timerIrq",
+    "pv.bounce.syscall",
+    "classic.emulate.out",
+    "classic.trap",
+    "hypercall.iret",
+  ]);
 });

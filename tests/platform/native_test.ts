@@ -597,14 +597,28 @@ Deno.test({
   },
 });
 
-Deno.test("execute(): a triple fault crashes the domain with a reason instead of an unexpected result", () => {
+Deno.test("execute() outside a guest run takes no interrupt, whatever IF the guest left", () => {
   const platform = build([0x90, 0xc3]); // nop; ret
   const interpreter = platform.interpreter;
   interpreter.systemInstructions = true;
-  interpreter.idtrLimit = 0; // no gate fits: the interrupt, its #GP and the #DF all fail
+  interpreter.idtrLimit = 0; // were the interrupt taken, its delivery would triple-fault
   interpreter.rflags |= 0x200; // IF
   interpreter.raiseInterrupt(32);
-  assert.equal(platform.execute(TEXT_VA), RUN_CRASHED);
+  assert.equal(platform.execute(TEXT_VA), RUN_DONE);
+  assert.equal(interpreter.pendingInterrupt, 32, "still pending for the guest's next run");
+  assert.equal(interpreter.rflags & 0x200, 0x200, "the guest's IF is back");
+  assert.equal(platform.crashReason, "");
+});
+
+Deno.test("runGuest(): a triple fault crashes the domain with a reason instead of an unexpected result", () => {
+  const platform = build([0x90, 0xeb, 0xfe]); // nop; jmp $
+  const interpreter = platform.interpreter;
+  interpreter.idtrLimit = 0; // no gate fits: the interrupt, its #GP and the #DF all fail
+  interpreter.rip = TEXT_VA;
+  interpreter.rflags |= 0x200; // IF
+  platform.board.setTimerPeriod(5);
+  assert.equal(platform.runGuest(100), RUN_CRASHED);
   assert.match(platform.crashReason, /^triple fault at 0x/);
   assert.equal(platform.stats.get("domain.crash"), 1);
+  assert.equal(platform.stats.get("cpu.tripleFaults"), 1);
 });

@@ -22,6 +22,9 @@ const SMALL: Record<string, Record<string, number>> = {
   swap: { sweeps: 1, random: 200 },
   mmio: { bytes: 10 },
   "pte-spread": { tables: 6, rounds: 2 },
+  syscall: { calls: 20, processes: 2 },
+  console: { bytes: 6, gap: 400 },
+  timer: { spinners: 3, period: 500, time: 5000 },
 };
 
 function guestCounters(counters: Readonly<Record<string, number>>): Record<string, number> {
