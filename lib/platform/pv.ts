@@ -188,6 +188,11 @@ export interface PvPlatformOptions {
   pirqs?: readonly number[];
 }
 
+/** Where this lab puts Xen's IDT (linear form of 0xffff_82d0_8040_0000, inside Xen's image). */
+export const XEN_IDT_BASE: number = 0x82d0_8040_0000;
+/** Where this lab puts Xen's GDT (one page above its IDT). */
+export const XEN_GDT_BASE: number = 0x82d0_8040_1000;
+
 /**
  * A paravirtual guest under Xen.
  *
@@ -289,6 +294,14 @@ export class PvPlatform extends BasePlatform {
     const cpu = new Vcpu(memory, resetPagingControl(), stats, vcpuOptions);
     const interpreter = new Interpreter(cpu);
     super(stats, cpu, interpreter, frames);
+    // The processor's IDTR and GDTR are Xen's own tables, in Xen's image (XEN_VIRT_START
+    // 0xffff82d080000000, xen/arch/x86/include/asm/config.h). A PV guest never loads
+    // them (set_trap_table, not LIDT) and SIDT/SGDT do not trap without CR4.UMIP, so a PV
+    // program that runs SIDT sees Xen's table, as on real hardware.
+    interpreter.idtrBase = XEN_IDT_BASE;
+    interpreter.idtrLimit = 256 * 16 - 1;
+    interpreter.gdtrBase = XEN_GDT_BASE;
+    interpreter.gdtrLimit = 0xfff;
     // A kernel in ring 3 would fault on these; Xen emulates what it allows. SYSCALL is a
     // hypercall (kernel mode) or a system call (user mode); INT n / INT3 go through
     // Xen's IDT, which checks the virtual trap table; IRETQ is intercepted in user mode

@@ -73,6 +73,12 @@ export class Prng {
     return this.nextFloat() < p;
   }
 
+  /** One of `items`, uniformly; throws a RangeError for an empty list. */
+  pick<T>(items: readonly T[]): T {
+    if (items.length === 0) throw new RangeError("Cannot pick from an empty list");
+    return items[this.below(items.length)]!;
+  }
+
   /** Shuffles `items` in place (Fisher-Yates) and returns it. */
   shuffle<T>(items: T[]): T[] {
     for (let i = items.length - 1; i > 0; i--) {
