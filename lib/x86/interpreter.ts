@@ -911,7 +911,17 @@ export class Interpreter {
     const buffer = this.#buffer;
     const offset = rip & 0xfff;
     const available = PAGE_SIZE - offset < MAX_LENGTH ? PAGE_SIZE - offset : MAX_LENGTH;
-    for (let k = 0; k < available; k++) buffer[k] = memory.read8(pa + k);
+    // RAM: the frame's words directly (no per-byte call); a device or an unbacked frame
+    // goes through read8. Neither counts as data reads (mem.read counts the data side).
+    const words = memory.hostFrame(Math.floor(pa / PAGE_SIZE), false);
+    if (words !== undefined) {
+      for (let k = 0; k < available; k++) {
+        const at = offset + k;
+        buffer[k] = words[at >>> 2]! >>> ((at & 3) << 3);
+      }
+    } else {
+      for (let k = 0; k < available; k++) buffer[k] = memory.read8(pa + k);
+    }
     let length = decodeInstruction(this.#views[available]!, 0, d);
     if (length < 0 && available < MAX_LENGTH) {
       let second = rip - offset + PAGE_SIZE;
