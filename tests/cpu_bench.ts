@@ -10,61 +10,19 @@
  * Run: deno bench tests/cpu_bench.ts
  */
 
-import { availableConfigs, createLab, GuestOs, type LabConfig } from "../mod.ts";
+import {
+  availableConfigs,
+  createLab,
+  getpidLoopProgram,
+  GuestOs,
+  type LabConfig,
+  spinnerProgram,
+} from "../mod.ts";
 
-// mov ecx, 100000; l: sub ecx, 1; jnz l; mov eax, 60; xor edi, edi; int 0x80
-const SPIN = [
-  0xb9,
-  0xa0,
-  0x86,
-  0x01,
-  0x00,
-  0x83,
-  0xe9,
-  0x01,
-  0x75,
-  0xfb,
-  0xb8,
-  60,
-  0,
-  0,
-  0,
-  0x31,
-  0xff,
-  0xcd,
-  0x80,
-];
-// mov ebx, 1000; l: mov eax, 39; int 0x80; sub ebx, 1; jnz l; mov eax, 60; xor edi, edi; int 0x80
-const SYSCALLS = [
-  0xbb,
-  0xe8,
-  0x03,
-  0,
-  0,
-  0xb8,
-  39,
-  0,
-  0,
-  0,
-  0xcd,
-  0x80,
-  0x83,
-  0xeb,
-  0x01,
-  0x75,
-  0xf4,
-  0xb8,
-  60,
-  0,
-  0,
-  0,
-  0x31,
-  0xff,
-  0xcd,
-  0x80,
-];
+const SPIN = spinnerProgram(100_000).bytes; // 2 instructions per round
+const SYSCALLS = getpidLoopProgram(1000).bytes;
 
-function runProgram(config: LabConfig, program: number[]): void {
+function runProgram(config: LabConfig, program: Uint8Array): void {
   const { label: _label, ...options } = config;
   const lab = createLab({ ...options, memoryMiB: 8, seed: 1 });
   const os = GuestOs.forLab(lab);

@@ -260,13 +260,7 @@ export class HvmHapPlatform extends BasePlatform {
 
   /** HLT exiting: the exit, then the vCPU blocks until an interrupt (Xen's hvm_hlt). */
   protected override onHalt(): number {
-    const vmx = this.#vmx;
-    vmx.hltExit();
-    const blocks = this.interpreter.pendingInterrupt < 0;
-    const outcome = super.onHalt();
-    if (outcome === HANDLED_RETRY && blocks) vmx.halted();
-    vmx.entry(true, true);
-    return outcome;
+    return this.#vmx.halt(() => super.onHalt());
   }
 
   /** A device interrupt: an external-interrupt exit, then injection at VM entry. */

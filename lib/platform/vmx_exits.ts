@@ -50,7 +50,7 @@ import {
   RFLAGS_IF,
 } from "../x86/interpreter.ts";
 import { declareCounter, type Stats } from "../x86/stats.ts";
-import { EXIT_TOTAL, HANDLED_COMPLETE } from "./base_platform.ts";
+import { EXIT_TOTAL, HANDLED_COMPLETE, HANDLED_RETRY } from "./base_platform.ts";
 import type { PcBoard } from "./pc_board.ts";
 
 /** SDM Vol. 3C Appendix C basic exit reason: external interrupt. */
@@ -247,6 +247,20 @@ export class VmxExits {
   /** Records that the vCPU blocked in HLT until the next device event. */
   halted(): void {
     this.#halted = true;
+  }
+
+  /**
+   * A platform's whole HLT exit: counted, then `block` (the platform's base onHalt(): the
+   * vCPU sleeps until the next device event, Xen's hvm_hlt), then the entry. Returns
+   * what `block` returned.
+   */
+  halt(block: () => number): number {
+    this.hltExit();
+    const blocks = this.#it.pendingInterrupt < 0;
+    const outcome = block();
+    if (outcome === HANDLED_RETRY && blocks) this.halted();
+    this.entry(true, true);
+    return outcome;
   }
 
   /**
