@@ -26,7 +26,8 @@ export const syscall = defineScenario({
     "interrupts nor IRET unless asked, SDM Vol. 3C 25.1); a 64-bit Xen PV kernel runs in ring " +
     "3, so every call enters Xen, which bounces it to the handler in the guest's trap table, " +
     "and every return is a HYPERVISOR_iret hypercall; a classic trap-and-emulate monitor " +
-    "reflects the trap and emulates the deprivileged kernel's IRET. Barham et al. 2003 " +
+    "reflects each INT 0x80 into the guest's handler, while the ring-1 kernel's IRETQ to user " +
+    "mode runs in hardware without a trap. Barham et al. 2003 " +
     "(Table 3, null call) measured the 32-bit PV fast trap that 64-bit PV gave up.",
   knobs: [
     { name: "calls", description: "getpid calls per process", default: 500, min: 1, max: 1 << 24 },

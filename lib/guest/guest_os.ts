@@ -563,8 +563,6 @@ export class GuestOs {
       this.#call("picEoi", 0);
     }
     this.input.push(byte);
-    const reader = [...this.threads.values()].find((t) => t.state === "blocked");
-    if (reader !== undefined) reader.state = "ready";
     if (this.#current === this.#idle) this.#switchTo(context, this.#pickNext(this.#idle));
   }
 
@@ -659,10 +657,14 @@ export class GuestOs {
     if (next !== this.#current) this.#switchTo(context, next);
   }
 
-  // The next ready program after `after` in pid order (wrapping), else `after` itself if
-  // it is ready, else idle.
+  // The next runnable program after `after` in pid order (wrapping), else `after` itself
+  // if it is runnable, else idle. A reader blocked in read() is runnable while input waits
+  // (the first one picked takes the byte; the others stay blocked if it was the last).
   #pickNext(after: GuestThread | null): GuestThread {
-    const ready = [...this.threads.values()].filter((t) => t.pid !== 0 && t.state === "ready");
+    const input = this.input.length > 0;
+    const ready = [...this.threads.values()].filter((t) =>
+      t.pid !== 0 && (t.state === "ready" || (t.state === "blocked" && input))
+    );
     if (ready.length === 0) return this.#idle!;
     const from = after?.pid ?? 0;
     return ready.find((t) => t.pid > from) ?? ready[0]!;
@@ -691,12 +693,14 @@ export class GuestOs {
     } else {
       this.platform.setTssRsp0(next.kernelTop);
     }
-    if (next.readBuffer >= 0 && this.input.length > 0) {
-      // Finish the read() it blocked in: one byte, result 1 in its saved RAX.
+    if (next.state === "blocked") {
+      // Finish the read() it blocked in (#pickNext saw input): one byte, result 1 in its
+      // saved RAX. Its buffer was faulted in when it blocked.
       const ok = this.#userWrite8(next.readBuffer, this.input.shift()!);
       const frame = next.savedRsp + 8;
       this.#write64(frame + 8 * FRAME_SLOT.rax, ok ? 1 : -EFAULT);
       next.readBuffer = -1;
+      next.state = "ready";
     }
   }
 

@@ -286,6 +286,28 @@ Deno.test("bad input: ud2 and an opcode the decoder does not know are #UD; the p
   assert.equal(lab.crashReason, "");
 });
 
+// read(0, buf, 1) after `spin` rounds of a count-down, then exit(the byte read).
+function readByteThenExit(spin: number): Uint8Array {
+  const a = new ProgramAssembler();
+  a.movImm("ecx", spin).label("again").subImm("ecx", 1).jnz("again");
+  a.movImm("esi", PROGRAM_DATA).xor("edi", "edi").movImm("edx", 1).syscall(0);
+  a.movzxByte("edi", "esi", 0).syscall(60);
+  return a.assemble(`read a byte after ${spin} rounds`).bytes;
+}
+
+Deno.test("read(): a byte taken by a running reader leaves a blocked reader blocked, not returning 0", () => {
+  const { lab, os } = bootNative();
+  const blocked = os.spawnProgram(readByteThenExit(1)); // blocks at once
+  const late = os.spawnProgram(readByteThenExit(2000)); // still spinning when 'a' arrives
+  lab.platform.board.type("ab", 1000, 20_000); // 'a' at 1000, 'b' at 21000; no timer
+  assert.deepEqual(os.run(100_000), { outcome: "done", reason: "" });
+  // The late reader calls read() with 'a' waiting and takes it; the blocked one is not
+  // runnable with the input empty, so it waits for 'b'.
+  assert.deepEqual(os.exits.map((e) => [e.pid, e.exitCode]), [[late, 0x61], [blocked, 0x62]]);
+  assert.equal(counter(lab, "guest.keyboardIrq"), 2);
+  assert.equal(os.input.length, 0);
+});
+
 Deno.test("bad input: an encoding the interpreter decodes but does not run is #UD in a user program", () => {
   const { lab, os } = bootNative();
   const push16 = os.spawnProgram([0x66, 0x50]); // push ax: decoded, 16-bit PUSH not modelled
