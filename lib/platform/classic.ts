@@ -38,8 +38,8 @@
  * (`hvm-shadow`, `hvm-hap`).
  *
  * Counting: every real trap into the monitor (a fault, an intercepted INT n or SYSCALL, a
- * device interrupt) is `classic.trap` and `exit.total` (so the cost model prices it like
- * an exit); a #PF also counts `exit.pf`, a CR3 write `exit.cr3` and so on, as on
+ * device interrupt) is `classic.trap` and `exit.total` (the cost model prices each as a
+ * ring transition plus the monitor's work, instead of a VMX round trip); a #PF also counts `exit.pf`, a CR3 write `exit.cr3` and so on, as on
  * hvm-shadow; each emulated instruction `classic.emulate.<name>`, each event delivered
  * through the guest's IDT `classic.reflect` and `interpreter.deliveries[vector]`.
  * `classic.trap` = `exit.total` always. The monitor reads and writes guest memory (gates,
@@ -51,8 +51,7 @@
  * ones; an IRETQ to a ring-1 or ring-2 CS runs in hardware, unnoticed), IST stacks, the
  * monitor hiding its reserved L4 slots from the guest, NMIs, LGDT/LLDT/LTR, WBINVD and
  * INVPCID (the guest kernel does not use them: the monitor crashes the domain if it
- * does), a pre-VT-x trap's own price (the cost model prices it as a VT-x exit), and
- * binary translation.
+ * does), and binary translation.
  *
  * @module
  */
