@@ -481,12 +481,41 @@ export abstract class BasePlatform implements Platform {
     user: boolean,
   ): number {
     if (this.#crashReason !== "") return RUN_CRASHED;
+    return this.#access(va, size, kind, lo, hi, user, false);
+  }
+
+  /** The access faulted on the vCPU just now; see {@link Platform.accessFaulted}. */
+  accessFaulted(
+    va: number,
+    size: 1 | 2 | 4 | 8,
+    kind: AccessKind,
+    lo: number,
+    hi: number,
+    user: boolean,
+  ): number {
+    if (this.#crashReason !== "") return RUN_CRASHED;
+    return this.#access(va, size, kind, lo, hi, user, true);
+  }
+
+  // The loop of access(): try, take the exception, retry. `faulted`: the first try was
+  // already made (by the caller, on the vCPU) and its exception is in cpu.exception.
+  #access(
+    va: number,
+    size: 1 | 2 | 4 | 8,
+    kind: AccessKind,
+    lo: number,
+    hi: number,
+    user: boolean,
+    faulted: boolean,
+  ): number {
     const cpu = this.cpu;
     const cpl = user ? 3 : 0;
     for (let attempt = 0;; attempt++) {
       cpu.ctl.cpl = cpl;
       // 4-byte data accesses take the vCPU's fast paths (a TLB hit without a call).
-      const ok = size === 4 && kind === ACCESS_READ
+      const ok = attempt === 0 && faulted
+        ? false
+        : size === 4 && kind === ACCESS_READ
         ? cpu.read32(va)
         : size === 4 && kind === ACCESS_WRITE
         ? cpu.write32(va, lo)

@@ -164,6 +164,20 @@ export interface Platform {
     user: boolean,
   ): number;
   /**
+   * {@link access} for an access the caller already tried on {@link cpu} at that CPL, which
+   * faulted (the exception is in `cpu.exception`): the platform takes the exception and
+   * retries, as access() does after its own first try. A caller with a hot loop of
+   * accesses uses the vCPU directly and this on a fault, so that no fault is taken twice.
+   */
+  accessFaulted(
+    va: number,
+    size: 1 | 2 | 4 | 8,
+    kind: AccessKind,
+    lo: number,
+    hi: number,
+    user: boolean,
+  ): number;
+  /**
    * Runs guest kernel text at `rip` (CPL 0, registers as the caller set them in
    * {@link interpreter}) until its RET. Exceptions go to the guest's handlers and the
    * instruction is retried. Returns a `RUN_*` outcome.

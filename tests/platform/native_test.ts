@@ -287,6 +287,34 @@ Deno.test("access() delivers a #PF to the handler, which maps the page, then ret
   });
 });
 
+Deno.test("accessFaulted() takes the fault the caller's own try raised, once, then retries", () => {
+  const platform = build();
+  const deliveries: Delivery[] = [];
+  platform.setTrapHandler(VECTOR_PF, (vector, errorCode, cr2, fromUser) => {
+    deliveries.push({ vector, errorCode, cr2, fromUser });
+    mapLive(platform, cr2 - (cr2 % PAGE_SIZE), HOLE_FRAME, URW);
+    return TRAP_RETRY;
+  });
+  const cpu = platform.cpu;
+  cpu.ctl.cpl = 3;
+  assert.equal(cpu.write32(HOLE_VA + 0x40, 0x1234_5678), false); // the caller's try
+  assert.equal(
+    platform.accessFaulted(HOLE_VA + 0x40, 4, ACCESS_WRITE, 0x1234_5678, 0, true),
+    RUN_DONE,
+  );
+  assert.deepEqual(deliveries, [
+    { vector: VECTOR_PF, errorCode: PFEC_WRITE | PFEC_USER, cr2: HOLE_VA + 0x40, fromUser: true },
+  ]);
+  assert.equal(platform.memory.read32(HOLE_FRAME + 0x40), 0x1234_5678);
+  // One #PF raised (the caller's try), one handled, one successful retry: as access().
+  assert.deepEqual(counters(platform.stats, ["trap.delivered", "cpu.pf"]), {
+    "trap.delivered": 1,
+    "cpu.pf": 1,
+  });
+  platform.crash("test");
+  assert.equal(platform.accessFaulted(HOLE_VA, 4, ACCESS_READ, 0, 0, true), RUN_CRASHED);
+});
+
 Deno.test("access() passes the #PF error code the SDM gives for each access", () => {
   const cases: {
     va: number;
