@@ -104,6 +104,18 @@ export const GUEST_KEYBOARD_IRQ: number = declareCounter(
   "keyboard interrupts handled by the guest kernel",
   "interrupts",
 );
+/**
+ * Times the console lock's irqSave, inside write() (entered through an interrupt gate, so
+ * with interrupts off), read the interrupt flag as set: 0 wherever the processor tells
+ * the kernel the truth; under a classic monitor PUSHF shows the real IF. Guest-visible,
+ * yet not a `guest.*` counter: those must match native on every platform (DESIGN.md
+ * invariant 1), and this one exists to show where they cannot.
+ */
+export const DIVERGENCE_IRQ_SAVE_SAW_IF: number = declareCounter(
+  "divergence.irqSaveSawIf",
+  "console-lock irqSave calls that read IF = 1 inside a system call (the kernel was lied to)",
+  "calls",
+);
 /** Thread switches made by the guest's scheduler (to idle included). */
 export const GUEST_THREAD_SWITCH: number = declareCounter(
   "guest.threadSwitch",
@@ -611,7 +623,10 @@ export class GuestOs {
         // The console lock: spin_lock_irqsave / spin_unlock_irqrestore.
         const flags = this.#call("irqSave", this.#pv ? this.#sharedInfo : 0);
         this.irqSaves++;
-        if (this.#pv ? (flags & 0xff) === 0 : (flags & RFLAGS_IF) !== 0) this.irqSaveSawEnabled++;
+        if (this.#pv ? (flags & 0xff) === 0 : (flags & RFLAGS_IF) !== 0) {
+          this.irqSaveSawEnabled++;
+          this.#counts[DIVERGENCE_IRQ_SAVE_SAW_IF]++;
+        }
         let written = 0;
         for (; written < count; written++) {
           if (!this.#userRead8(arg1 + written)) break;

@@ -189,6 +189,7 @@ export const COMPARE_ROWS: readonly string[] = [
   "guest.timerIrq",
   "guest.keyboardIrq",
   "guest.userException",
+  "divergence.irqSaveSawIf",
   "cpu.idle",
   "pv.bounce.pf",
   "pv.bounce.",

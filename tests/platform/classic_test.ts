@@ -468,6 +468,8 @@ Deno.test("classic: the example guest ends as natively: console, exits, vectors;
   // Each write() (6 of them) took the console lock: every one saw "interrupts on".
   assert.equal(native.os.irqSaveSawEnabled, 0);
   assert.equal(classic.os.irqSaveSawEnabled, 6);
+  assert.equal(native.counts["divergence.irqSaveSawIf"] ?? 0, 0);
+  assert.equal(c["divergence.irqSaveSawIf"], 6);
   assert.equal(c["classic.popfIfLost"], 6);
   assert.equal(c["classic.pushfIfWrong"], 6);
   assert.equal(c["classic.emulate.in"], 6); // one `in al, 0x60` per key
