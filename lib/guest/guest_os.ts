@@ -53,6 +53,7 @@ import {
   FRAME_SLOT,
   HYPERCALL_PAGE_OFFSET,
   STUB_VECTORS,
+  type SystemLabel,
   VECTOR_UPCALL,
 } from "./entry_text.ts";
 import { FRAME_USE_KERNEL } from "./frame_allocator.ts";
@@ -632,7 +633,7 @@ export class GuestOs {
           if (!this.#userRead8(arg1 + written)) break;
           this.#call("serialPut", this.platform.cpu.data & 0xff);
         }
-        this.#callWithRax("irqRestore", this.#pv ? this.#sharedInfo : 0, flags);
+        this.#call("irqRestore", this.#pv ? this.#sharedInfo : 0, 0, flags);
         if (this.#killed(context, current)) return; // a fault on its buffer killed it
         result(written === 0 && count > 0 ? -EFAULT : written);
         return;
@@ -704,7 +705,7 @@ export class GuestOs {
     if (next.pid === 0) return; // idle borrows the loaded address space (lazy TLB)
     this.kernel.switchTo(next.pid);
     if (this.#pv) {
-      this.#callWith("setKernelStack", KERNEL_SS, next.kernelTop);
+      this.#call("setKernelStack", KERNEL_SS, next.kernelTop);
     } else {
       this.platform.setTssRsp0(next.kernelTop);
     }
@@ -748,43 +749,26 @@ export class GuestOs {
 
   // --- Kernel text and memory -------------------------------------------------------------
 
-  // Runs system-text routine `name` with RDI = `arg`; returns RAX's low half.
-  #call(name: Parameters<GuestKernel["code"]["text"]["entry"]>[0], arg: number): number {
-    return this.#callWith(name, arg, 0);
+  // Runs system-text routine `name` with RDI, RSI and RAX loaded; returns RAX's low half.
+  #call(name: SystemLabel, rdi: number, rsi = 0, rax = 0): number {
+    return this.#run(this.kernel.code.text.entry(name), rdi, rsi, 0, rax);
   }
 
-  #callWith(
-    name: Parameters<GuestKernel["code"]["text"]["entry"]>[0],
-    rdi: number,
-    rsi: number,
-  ): number {
+  // A PV hypercall through the hypercall page, arguments in RDI, RSI, RDX; the result.
+  #hypercall(number: number, arg0: number, arg1: number, arg2 = 0): number {
+    const page = this.kernel.code.text.base + HYPERCALL_PAGE_OFFSET;
+    return this.#run(page + 32 * number, arg0, arg1, arg2, 0) | 0;
+  }
+
+  // Runs kernel text at `rip` to its RET with the argument registers loaded.
+  #run(rip: number, rdi: number, rsi: number, rdx: number, rax: number): number {
     const it = this.platform.interpreter;
     it.setReg(7, rdi >>> 0, linearHigh32(rdi));
     it.setReg(6, rsi >>> 0, linearHigh32(rsi));
-    this.platform.execute(this.kernel.code.text.entry(name));
-    return it.regLo(0);
-  }
-
-  #callWithRax(
-    name: Parameters<GuestKernel["code"]["text"]["entry"]>[0],
-    rdi: number,
-    rax: number,
-  ): number {
-    const it = this.platform.interpreter;
+    it.setReg(2, rdx >>> 0, linearHigh32(rdx));
     it.setReg(0, rax >>> 0, 0);
-    it.setReg(7, rdi >>> 0, linearHigh32(rdi));
-    this.platform.execute(this.kernel.code.text.entry(name));
+    this.platform.execute(rip);
     return it.regLo(0);
-  }
-
-  // A PV hypercall through the hypercall page: RDI, RSI = the first two arguments.
-  #hypercall(number: number, arg0: number, arg1: number, arg2 = 0): number {
-    const it = this.platform.interpreter;
-    it.setReg(7, arg0 >>> 0, linearHigh32(arg0));
-    it.setReg(6, arg1 >>> 0, linearHigh32(arg1));
-    it.setReg(2, arg2 >>> 0, linearHigh32(arg2));
-    this.platform.execute(this.kernel.code.text.base + HYPERCALL_PAGE_OFFSET + 32 * number);
-    return it.regLo(0) | 0;
   }
 
   #read32(va: number): number {

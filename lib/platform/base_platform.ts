@@ -221,8 +221,7 @@ export abstract class BasePlatform implements Platform {
   /** What the guest believes about its processor: here, the processor itself. */
   guestCpuState(): GuestCpuState {
     const it = this.interpreter;
-    const pending: number[] = [];
-    for (let v = it.pendingInterrupt; v >= 0; v = -1) pending.push(v);
+    const highest = it.pendingInterrupt; // the IRR's highest vector (the next one taken)
     return {
       kernelMode: this.cpu.ctl.cpl === 0,
       interruptsEnabled: (it.rflags & RFLAGS_IF) !== 0,
@@ -230,7 +229,7 @@ export abstract class BasePlatform implements Platform {
       kernelStack: it.rsp0,
       cr3: this.cpu.ctl.cr3,
       cr2: this.#guestCr2,
-      pending,
+      pending: highest >= 0 ? [highest] : [],
       keptIn: this.name === "native" ? "processor" : "vmcs",
     };
   }

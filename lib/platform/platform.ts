@@ -103,7 +103,10 @@ export interface GuestCpuState {
   cr3: number;
   /** The last page-fault address given to the guest. */
   cr2: number;
-  /** Vectors pending delivery to the guest. */
+  /**
+   * Vectors pending delivery to the guest (natively and under VT-x the processor shows
+   * only the highest one requested, the one it takes next).
+   */
   pending: number[];
   /** Where the state lives: "processor", "vmcs", "xen-vcpu", "monitor". */
   keptIn: string;
